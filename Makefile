@@ -1,0 +1,32 @@
+# Two entry points: `make demo` and `make test`. Each creates .venv if missing and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test models clean-venv
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Stamp files make re-runs skip the install unless pyproject.toml changed.
+$(VENV)/.installed-base: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-base
+
+demo: $(VENV)/.installed-base
+	$(VENV)/bin/foresight demo
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+# Rebuild the committed embedded base/teacher models from scratch (slow: tens of minutes).
+models: $(VENV)/.installed-base
+	$(VENV)/bin/foresight prepare --out models
+
+clean-venv:
+	rm -rf $(VENV)
