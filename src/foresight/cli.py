@@ -1,0 +1,126 @@
+"""The `foresight` command line: each command loads a config or arguments and calls one library function.
+
+Run: foresight --help
+     foresight train configs/tiny.yaml --set optim.lr=1e-3 --set train.steps=20
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from foresight.errors import UserError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="On-policy distillation, foresight analysis and EffOPD.")
+
+SetOption = Annotated[list[str], typer.Option("--set", help="Override a config value: section.key=value.")]
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' per-file progress bars; our own progress line is enough."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config (see configs/).")],
+    set_: SetOption = [],
+    resume: Annotated[bool, typer.Option(help="Continue the run in train.out_dir.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete train.out_dir first.")] = False,
+) -> None:
+    """Train (OPD or SFT) from a YAML config."""
+    from foresight.config import load_config
+    from foresight.opd.train import train as run_training
+
+    run_dir = run_training(load_config(config, set_), resume=resume, overwrite=overwrite)
+    typer.echo(f"run folder: {run_dir}")
+
+
+@app.command()
+def demo(
+    config: Annotated[Path, typer.Option(help="Demo config.")] = Path("configs/demo.yaml"),
+    set_: SetOption = [],
+    out: Annotated[Path, typer.Option(help="Run folder (a free name is picked if taken).")] = Path("runs/demo"),
+) -> None:
+    """Distill the committed base toward the committed teacher and print the accuracies."""
+    from foresight.demo import run_demo
+
+    run_demo(config, set_, out)
+
+
+@app.command()
+def prepare(
+    task: Annotated[str, typer.Option(help="Embedded task name, 'all', or a JSONL file.")] = "all",
+    out: Annotated[Path, typer.Option(help="Folder for <task>/{base,teacher}.")] = Path("models"),
+    verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
+    size: Annotated[str, typer.Option(help="Model size: tiny or small.")] = "tiny",
+    seed: int = 0,
+    base_steps: Annotated[int, typer.Option(help="0 = the task's default.")] = 0,
+    teacher_steps: Annotated[int, typer.Option(help="0 = the task's default.")] = 0,
+) -> None:
+    """Build base student and teacher models for embedded tasks or a JSONL task."""
+    from foresight.config import TaskConfig
+    from foresight.models import MODEL_SIZES
+    from foresight.prepare import prepare_task
+    from foresight.tasks import TASKS
+
+    if size not in MODEL_SIZES:
+        raise UserError(f"Unknown model size '{size}'; use one of {', '.join(MODEL_SIZES)}.")
+    if task.endswith(".jsonl"):
+        targets = [(Path(task).stem, TaskConfig(name="jsonl", path=Path(task), verifier=verifier))]
+    else:
+        names = list(TASKS) if task == "all" else [task]
+        targets = [(name, TaskConfig(name=name)) for name in names]
+    for name, task_cfg in targets:
+        summary = prepare_task(task_cfg, out / name, size, seed, base_steps or None, teacher_steps or None)
+        typer.echo(f"{name}: base {summary['base_accuracy']:.3f}, teacher {summary['teacher_accuracy']:.3f}"
+                   f" -> {out / name}")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Argument(help="Model folder.")],
+    task: Annotated[str, typer.Option(help="Embedded task name or a JSONL file.")] = "arith",
+    verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
+    split: str = "test",
+    n: Annotated[int, typer.Option(help="Held-out prompts.")] = 500,
+    teacher: Annotated[Path | None, typer.Option(help="Also report reverse KL to this teacher.")] = None,
+    max_new_tokens: int = 64,
+) -> None:
+    """Accuracy of a model on a task's held-out split (and KL to a teacher)."""
+    import json
+
+    from foresight.config import TaskConfig
+    from foresight.evaluate import evaluate
+    from foresight.models import check_pair, load_model, load_tokenizer
+    from foresight.tasks import load_task
+
+    if split not in ("val", "test"):
+        raise UserError(f"Unknown split '{split}'; use val or test.")
+    task_cfg = TaskConfig(name="jsonl", path=Path(task), verifier=verifier) if task.endswith(".jsonl") \
+        else TaskConfig(name=task)
+    tokenizer = load_tokenizer(model, "student")
+    student = load_model(model, "student")
+    teacher_model = None
+    if teacher is not None:
+        teacher_model = load_model(teacher, "teacher")
+        check_pair(tokenizer, load_tokenizer(teacher, "teacher"), student, teacher_model)
+    scores = evaluate(student, tokenizer, load_task(task_cfg), split, n, max_new_tokens, 256,
+                      teacher=teacher_model)
+    typer.echo(json.dumps(scores))
+
+
+def main() -> None:
+    quiet_libraries()
+    try:
+        app()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

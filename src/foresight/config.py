@@ -1,0 +1,216 @@
+"""Typed configuration: one small pydantic model per section, strict YAML loading, `--set` overrides.
+
+A YAML file holds values only. Unknown keys, wrong types and out-of-range values are rejected at load
+time, before any model is built, with a `UserError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from foresight.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    student: Path = Field(Path("models/arith/base"), description="Student model folder (HF format).")
+    teacher: Path | None = Field(
+        Path("models/arith/teacher"), description="Teacher model folder; null for RL/SFT-free runs."
+    )
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Student weight dtype.")
+    teacher_dtype: Literal["float32", "bfloat16"] = Field("float32", description="Teacher dtype.")
+
+
+class TaskConfig(Section):
+    name: str = Field("arith", description="Embedded task name, or 'jsonl' for a user's file.")
+    path: Path | None = Field(None, description="JSONL file with prompt/answer[/solution] lines.")
+    verifier: str = Field(
+        "exact", description="Verifier for a JSONL task: exact, number or python:module:function."
+    )
+    difficulty: int | None = Field(None, ge=1, description="Task difficulty; null = its default.")
+
+    @model_validator(mode="after")
+    def _path_iff_jsonl(self) -> TaskConfig:
+        if (self.name == "jsonl") != (self.path is not None):
+            raise ValueError("task.path is required exactly when task.name is 'jsonl'")
+        return self
+
+
+class RolloutConfig(Section):
+    prompts_per_step: int = Field(64, ge=1, description="Prompts sampled per optimizer step (B).")
+    max_new_tokens: int = Field(64, ge=1, description="Completion length cap in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Student sampling temperature (paper: 1).")
+
+
+class LossConfig(Section):
+    kind: Literal["sampled_rkl", "reverse_kl", "forward_kl", "gjsd"] = Field(
+        "sampled_rkl",
+        description="sampled_rkl: per-token advantage log p_T - log p_S (paper's code); the others "
+        "are full-vocabulary divergences, backpropagated directly.",
+    )
+    beta: float = Field(0.5, ge=0, le=1, description="GJSD mixture weight (0 = forward KL, 1 = RKL).")
+    clip_eps: float = Field(0.2, gt=0, description="PPO clip range of the sampled-token loss.")
+    chunk_tokens: int = Field(
+        64, ge=1, description="Sequence positions per chunk of full-vocabulary log-softmax."
+    )
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="LR after warm-up.")
+
+
+class TrainConfig(Section):
+    method: Literal["opd", "sft"] = Field(
+        "opd", description="opd: student samples, teacher scores; sft: train on worked solutions."
+    )
+    steps: int = Field(100, ge=1, description="Optimizer steps.")
+    micro_batches: int = Field(1, ge=1, description="Gradient-accumulation chunks per step.")
+    seed: int = Field(0, description="Seed of data order, sampling and init.")
+    out_dir: Path = Field(Path("runs/opd"), description="Run folder.")
+    checkpoint_every: int = Field(50, ge=1, description="Write a checkpoint every N steps.")
+    checkpoint_at: list[int] = Field([], description="Extra checkpoint steps (dense early).")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
+
+
+class EvalConfig(Section):
+    every: int = Field(50, ge=1, description="Evaluate every N steps (and at the end).")
+    n_prompts: int = Field(256, ge=1, description="Held-out prompts per evaluation.")
+    split: Literal["val", "test"] = Field("val", description="Held-out split used during training.")
+    sampled: bool = Field(True, description="Also report accuracy of one sample at temperature 1.")
+    batch_size: int = Field(256, ge=1, description="Prompts per generation batch.")
+
+
+class LogConfig(Section):
+    tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
+    progress: bool = Field(True, description="Show the live progress bar.")
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3, 1e-4, true)."""
+    if "=" not in assignment:
+        raise UserError(f"Override '{assignment}' has no '='; write it as --set section.key=value.")
+    dotted, text = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise UserError(f"Override '{assignment}' goes through a non-section key '{key}'.")
+    node[keys[-1]] = yaml.safe_load(text)
+
+
+def describe_error(err: ValidationError, source: str) -> str:
+    """One sentence for the first pydantic error: which key, what is wrong, how to fix it."""
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{where}'; remove it or fix its spelling."
+    return f"{source}: '{where}' is invalid ({first['msg']}); correct the value and rerun."
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when path is None), apply overrides and validate it."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise UserError(f"Config file {path} does not exist; pass the path of a YAML file.")
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix it.") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path} must hold a mapping of sections; see configs/tiny.yaml.")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(describe_error(err, str(path or "config"))) from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (written to the run folder and to every checkpoint)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+class DynamicsConfig(Section):
+    name_pattern: str | None = Field(
+        None,
+        description="Fallback regex with named groups 'layer' and 'kind' for tensor names that the "
+        "built-in Llama/Qwen/Mistral/Gemma/GPT-2/GPT-NeoX rules do not map.",
+    )
+    energy_top_k: list[int] = Field(
+        [1, 4, 16], description="k values of the energy share sum_{i<=k} s_i^2 / sum_j s_j^2."
+    )
+    sparsity_abs: list[float] = Field(
+        [1e-6, 1e-5, 1e-4], description="Absolute thresholds: share of update entries below each."
+    )
+    sparsity_rel: list[float] = Field(
+        [0.01, 0.1], description="Thresholds as fractions of the base weight's RMS."
+    )
+    alignment_k: int = Field(20, ge=1, description="Paper's alignment: mean over k = 1..K (K=20).")
+    overlap_k: list[int] = Field(
+        [1, 5, 20], description="Subspace sizes k of the overlap ||U_t,k^T U_T,k||_F^2 / k."
+    )
+    svd_solver: Literal["lowrank", "exact"] = Field(
+        "lowrank", description="Top singular vectors: randomized (torch.svd_lowrank) or exact SVD."
+    )
+    svd_niter: int = Field(4, ge=0, description="Power iterations of the randomized solver.")
+    seed: int = Field(0, description="Seed of the randomized solver.")
+    probes: list[Literal["scaling", "embedding_swap", "window", "truncation", "rescaling"]] = Field(
+        ["scaling", "embedding_swap", "window", "truncation", "rescaling"],
+        description="Functional probes run when a scorer is given.",
+    )
+    scaling_alphas: list[float] = Field(
+        [0.0, 0.25, 0.5, 0.75, 1.0], description="Multipliers alpha in [0, 1] of W_base + alpha dW_T."
+    )
+    window: int = Field(8, ge=0, description="Half-width w of the sliding window l-w..l+w (paper: 8).")
+    truncation_pct: list[float] = Field(
+        [1.0, 5.0, 10.0, 25.0, 50.0], description="Percent of the rank kept by rank truncation."
+    )
+    rescale_betas: list[float] = Field(
+        [0.0, 0.5, 1.0], description="beta of dW_t [1 + beta (||dW_T|| / ||dW_t|| - 1)]."
+    )
+    n_prompts: int = Field(256, ge=1, description="Prompts scored per probe evaluation.")
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> DynamicsConfig:
+        import re  # local: this section is appended to the file and leaves its imports alone
+
+        if self.name_pattern is not None:
+            try:
+                groups = re.compile(self.name_pattern).groupindex
+            except re.error as exc:
+                raise ValueError(f"name_pattern is not a valid regex ({exc})") from None
+            if not {"layer", "kind"} <= set(groups):
+                raise ValueError("name_pattern needs named groups (?P<layer>...) and (?P<kind>...)")
+        if any(not 0.0 <= alpha <= 1.0 for alpha in self.scaling_alphas):
+            raise ValueError("every scaling alpha must lie in [0, 1]")
+        if any(not 0.0 < pct <= 100.0 for pct in self.truncation_pct):
+            raise ValueError("every truncation percent must lie in (0, 100]")
+        if any(k < 1 for k in [*self.energy_top_k, *self.overlap_k]):
+            raise ValueError("energy_top_k and overlap_k values must be at least 1")
+        return self

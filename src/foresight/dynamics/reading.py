@@ -1,0 +1,231 @@
+"""Read HF model folders one tensor at a time, and map tensor names to (layer, module kind).
+
+A folder holds `model.safetensors`, or shards listed in `model.safetensors.index.json`. Every read
+opens the shard, copies one tensor out and closes it again: a handle kept open would leave every
+page it touched resident (memory-mapped), so reading a series of checkpoints would grow the
+process by one model per checkpoint. Reading this way keeps the peak near a few copies of the
+largest tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+
+from foresight.errors import UserError
+
+ATTENTION_KINDS = frozenset({"q", "k", "v", "qkv", "o"})
+MLP_KINDS = frozenset({"gate", "up", "down"})
+KINDS = (
+    "embedding", "q", "k", "v", "qkv", "o", "gate", "up", "down", "norm", "lm_head", "other"
+)  # fmt: skip
+
+# Leaf module name -> kind, for Llama, Mistral, Qwen2/3, Gemma (1-3) and the GPT-NeoX/GPT-2 names
+# that are unambiguous on their own.
+_LEAF_KINDS = {
+    "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
+    "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
+    # GPT-2's c_attn and GPT-NeoX's query_key_value hold q, k and v in one matrix. We keep the
+    # fused matrix whole as kind "qkv" (counted as attention): slicing it would invent three
+    # matrices the model never trained separately, and NeoX interleaves heads, so a plain split
+    # would be wrong there anyway.
+    "c_attn": "qkv", "query_key_value": "qkv",
+    # GPT-2 c_fc and NeoX dense_h_to_4h expand hidden -> 4*hidden: the counterpart of "up" in a
+    # gated MLP (there is no gate). The contracting matrices are "down".
+    "c_fc": "up", "dense_h_to_4h": "up", "dense_4h_to_h": "down",
+    # wpe (GPT-2 learned positions) is an embedding table too, so it joins kind "embedding".
+    "embed_tokens": "embedding", "wte": "embedding", "wpe": "embedding", "embed_in": "embedding",
+    "lm_head": "lm_head", "embed_out": "lm_head",
+}  # fmt: skip
+# Leaf names whose meaning depends on the parent module.
+_PARENT_LEAF_KINDS = {
+    ("attn", "c_proj"): "o", ("mlp", "c_proj"): "down", ("attention", "dense"): "o",
+}  # fmt: skip
+_LAYER_CONTAINERS = frozenset({"layers", "h", "layer", "blocks"})
+# GPT-2 uses Conv1D, which stores weights as (in, out) instead of nn.Linear's (out, in).
+_CONV1D_LEAVES = frozenset({"c_attn", "c_proj", "c_fc"})
+_STEP_DIR = re.compile(r"step-(\d{6,})")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of the base model: where it sits and what it is."""
+
+    name: str
+    shape: tuple[int, ...]
+    layer: int | None
+    kind: str
+    transposed: bool  # stored as (in, out): transpose before taking left singular vectors
+
+    @property
+    def is_matrix(self) -> bool:
+        """A 2-D attention or MLP weight: the matrices the paper's metrics average over."""
+        return len(self.shape) == 2 and self.kind in ATTENTION_KINDS | MLP_KINDS
+
+
+def module_of(name: str, pattern: re.Pattern[str] | None = None) -> tuple[int | None, str]:
+    """(layer index or None, module kind) of a tensor name; kind is "other" when nothing matches.
+
+    Built-in rules come first; `pattern` (named groups `layer` and `kind`) is the fallback for
+    names they do not cover. Its `kind` group may be a kind ("q") or a known leaf ("q_proj").
+    """
+    parts = name.split(".")
+    if parts[-1] in ("weight", "bias") and len(parts) > 1:
+        parts = parts[:-1]
+    leaf, parent = parts[-1], parts[-2] if len(parts) > 1 else ""
+    layer = next(
+        (int(nxt) for part, nxt in zip(parts, parts[1:]) if part in _LAYER_CONTAINERS and nxt.isdigit()),
+        None,
+    )
+    kind = _LEAF_KINDS.get(leaf) or _PARENT_LEAF_KINDS.get((parent, leaf))
+    if kind is None and ("norm" in leaf or leaf.startswith("ln_")):
+        kind = "norm"  # input_layernorm, q_norm, pre_feedforward_layernorm, ln_1, ln_f, ...
+    if kind is None and pattern is not None and (match := pattern.search(name)):
+        return _from_pattern(name, match)
+    return layer, kind or "other"
+
+
+def _from_pattern(name: str, match: re.Match[str]) -> tuple[int | None, str]:
+    captured = match.group("kind")
+    kind = captured if captured in KINDS else _LEAF_KINDS.get(captured)
+    if kind is None:
+        raise UserError(
+            f"dynamics.name_pattern captured kind '{captured}' from '{name}', which is not one "
+            f"of {', '.join(KINDS)}; change the pattern's kind group to capture one of them."
+        )
+    layer_text = match.group("layer")
+    return (int(layer_text) if layer_text and layer_text.isdigit() else None), kind
+
+
+class ModelFolder:
+    """The safetensors weights of one HF model folder, read one tensor at a time by name."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.files = _weight_files(self.path)  # tensor name -> shard file
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for file in sorted(set(self.files.values())):
+            with safe_open(file, framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    self.shapes[name] = tuple(handle.get_slice(name).get_shape())
+        if missing := sorted(set(self.files) - set(self.shapes)):
+            raise UserError(
+                f"{self.path}: the shard index lists {missing[:3]} but no shard holds them; "
+                "re-save the folder with save_pretrained."
+            )
+
+    def read(self, name: str) -> torch.Tensor:
+        """A float32 copy of one tensor; the shard is closed again before returning."""
+        with safe_open(self.files[name], framework="pt") as handle:
+            return handle.get_tensor(name).to(torch.float32)
+
+
+def _weight_files(path: Path) -> dict[str, Path]:
+    if not path.is_dir():
+        raise UserError(f"Model folder {path} does not exist; pass an HF model folder.")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: path / file for name, file in weight_map.items()}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise UserError(
+            f"{path} has no *.safetensors weights; save it with save_pretrained "
+            "(safe_serialization=True) or convert its .bin files to safetensors."
+        )
+    names: dict[str, Path] = {}
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            names.update(dict.fromkeys(handle.keys(), file))
+    return names
+
+
+def describe(base: ModelFolder, name_pattern: str | None = None) -> list[TensorInfo]:
+    """Every tensor of the base, mapped to (layer, kind), ordered embedding, layers, the rest."""
+    pattern = re.compile(name_pattern) if name_pattern else None
+    infos = []
+    for name, shape in base.shapes.items():
+        layer, kind = module_of(name, pattern)
+        leaf = name.split(".")[-2] if name.count(".") else name
+        transposed = len(shape) == 2 and leaf in _CONV1D_LEAVES
+        infos.append(TensorInfo(name, shape, layer, kind, transposed))
+    rank = {kind: i for i, kind in enumerate(KINDS)}
+    # Tensors outside any layer sort before layer 0 (embeddings) or after the last (final norm,
+    # lm_head), so tables read in the model's forward order.
+    late = {"norm", "lm_head", "other"}
+    return sorted(
+        infos,
+        key=lambda t: (
+            t.layer if t.layer is not None else (10**9 if t.kind in late else -1),
+            rank[t.kind],
+            t.name,
+        ),
+    )
+
+
+def check_series(base: ModelFolder, checkpoints: list[ModelFolder]) -> None:
+    """Raise a UserError naming the tensors of any checkpoint that lack, add or reshape the base's."""
+    for folder in checkpoints:
+        missing = sorted(set(base.shapes) - set(folder.shapes))
+        if missing:
+            raise UserError(
+                f"Checkpoint {folder.path} lacks {len(missing)} tensor(s) of the base, e.g. "
+                f"{', '.join(missing[:3])}; pass checkpoints of the same architecture as the base."
+            )
+        extra = sorted(set(folder.shapes) - set(base.shapes))
+        if extra:
+            raise UserError(
+                f"Checkpoint {folder.path} has {len(extra)} tensor(s) the base lacks, e.g. "
+                f"{', '.join(extra[:3])}; pass the base model these checkpoints were trained from."
+            )
+        reshaped = [n for n, shape in base.shapes.items() if folder.shapes[n] != shape]
+        if reshaped:
+            first = reshaped[0]
+            raise UserError(
+                f"Checkpoint {folder.path} changes the shape of {len(reshaped)} tensor(s), e.g. "
+                f"{first} {list(folder.shapes[first])} vs base {list(base.shapes[first])}; pass "
+                "the base model these checkpoints were trained from."
+            )
+
+
+def checkpoints_of(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every RUN/checkpoints/step-XXXXXX, in step order.
+
+    Names must match exactly, so partial writes such as `step-000010.tmp-123` are skipped.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        raise UserError(f"{run_dir} has no checkpoints/ folder; pass a run folder written by train.")
+    found = [
+        (int(match.group(1)), path)
+        for path in folder.iterdir()
+        if path.is_dir() and (match := _STEP_DIR.fullmatch(path.name))
+    ]
+    if not found:
+        raise UserError(f"{folder} holds no step-XXXXXX checkpoints; train with checkpoints first.")
+    return sorted(found)
+
+
+def step_of(folder: Path) -> int:
+    """The training step in a checkpoint folder's name (`step-000120`, `checkpoint-120`)."""
+    match = re.search(r"(\d+)$", Path(folder).name)
+    if match is None:
+        raise UserError(
+            f"Cannot read a step number from checkpoint folder name '{Path(folder).name}'; "
+            "rename it to end in its step, e.g. step-000120."
+        )
+    return int(match.group(1))
+
+
+def run_config(run_dir: Path) -> dict:
+    """The resolved config a training run saved as RUN/config.yaml, as a plain mapping."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no config.yaml; pass the base model folder with --base.")
+    return yaml.safe_load(path.read_text()) or {}

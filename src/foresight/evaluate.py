@@ -1,0 +1,83 @@
+"""Held-out evaluation: greedy pass@1, one-sample accuracy at temperature 1, reverse KL to a teacher.
+
+Also `task_scorer`, the scorer the analysis suite's functional probes call on modified weights.
+Evaluation prompts are a fixed, deterministic slice of the task's val or test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from foresight.config import TaskConfig
+from foresight.models import check_pair, load_model, load_tokenizer
+from foresight.opd.rollout import Rollout, decode_completions, sample
+from foresight.opd.scoring import score_tokens
+from foresight.tasks import Task, load_task
+
+Scorer = Callable[[torch.nn.Module], dict[str, float]]
+
+
+def accuracy(task: Task, completions: list[str], answers: list[str]) -> float:
+    return sum(task.verify(c, a) for c, a in zip(completions, answers)) / len(answers)
+
+
+@torch.no_grad()
+def mean_reverse_kl(student: PreTrainedModel, teacher: PreTrainedModel, rollout: Rollout) -> float:
+    """Exact full-vocabulary KL(p_S ‖ p_T) per completion token, averaged over the rollout's tokens."""
+    scores = score_tokens(student, rollout, teacher, kind="reverse_kl")
+    mask = rollout.completion_mask[:, 1:].to(scores.divergence.device)  # (B, T-1)
+    return float((scores.divergence * mask).sum() / mask.sum().clamp(min=1))
+
+
+@torch.no_grad()
+def evaluate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, split: str,
+    n_prompts: int, max_new_tokens: int, batch_size: int, teacher: PreTrainedModel | None = None,
+    sampled: bool = True, seed: int = 0,
+) -> dict[str, float]:
+    """eval/accuracy (greedy pass@1), eval/accuracy_sampled (T=1), eval/kl_reverse (needs teacher)."""
+    was_training = model.training
+    model.eval()
+    examples = task.sample(split, n_prompts, 0)
+    generator = torch.Generator().manual_seed(seed)
+    correct_greedy, correct_sampled, kl_total, kl_batches = 0.0, 0.0, 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        prompts, answers = [e.prompt for e in batch], [e.answer for e in batch]
+        greedy = sample(model, tokenizer, prompts, max_new_tokens, 1.0, None, greedy=True)
+        correct_greedy += accuracy(task, decode_completions(tokenizer, greedy), answers) * len(batch)
+        if sampled or teacher is not None:
+            drawn = sample(model, tokenizer, prompts, max_new_tokens, 1.0, generator)
+            correct_sampled += accuracy(task, decode_completions(tokenizer, drawn), answers) * len(batch)
+            if teacher is not None:
+                kl_total += mean_reverse_kl(model, teacher, drawn) * len(batch)
+                kl_batches += len(batch)
+    model.train(was_training)
+    metrics = {"eval/accuracy": correct_greedy / len(examples)}
+    if sampled:
+        metrics["eval/accuracy_sampled"] = correct_sampled / len(examples)
+    if teacher is not None:
+        metrics["eval/kl_reverse"] = kl_total / kl_batches
+    return metrics
+
+
+def task_scorer(task_cfg: TaskConfig, model_dir: Path, n_prompts: int, teacher_dir: Path | None = None,
+                max_new_tokens: int = 64, batch_size: int = 256) -> Scorer:
+    """A scorer for the analysis probes: accuracy (and KL to the teacher) of whatever weights the
+    given model currently holds, on the first n_prompts of the task's test split."""
+    task = load_task(task_cfg)
+    tokenizer = load_tokenizer(model_dir, "student")
+    teacher = None
+    if teacher_dir is not None:
+        teacher = load_model(teacher_dir, "teacher")
+        check_pair(tokenizer, load_tokenizer(teacher_dir, "teacher"), teacher, teacher)
+
+    def score(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate(model, tokenizer, task, "test", n_prompts, max_new_tokens, batch_size,
+                        teacher=teacher, sampled=False)
+
+    return score

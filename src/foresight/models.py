@@ -1,0 +1,129 @@
+"""Model and tokenizer folders: build the tiny embedded models, load any HF causal LM, guard pairs.
+
+The embedded models are Qwen3-style decoders with a char-level tokenizer built locally with the
+`tokenizers` library, saved as ordinary Hugging Face folders (safetensors + config + tokenizer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from foresight.errors import UserError
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+# Named sizes of the embedded decoder. "tiny" (~0.8M parameters) is the demo's; "small" (~5M) is
+# the second size of the speed benchmark.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=32),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6,
+                  num_attention_heads=8, num_key_value_heads=4, head_dim=32),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """A char-level tokenizer over `alphabet`: one token per character plus pad/bos/eos/unk."""
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for char in sorted(set(alphabet)):
+        vocab.setdefault(char, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    # "[\s\S]" rather than "." so that newlines are tokens too.
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        unk_token="<unk>", padding_side="left",
+    )
+
+
+def build_tiny_model(vocab_size: int, size: str, seed: int, max_positions: int = 256) -> Qwen3ForCausalLM:
+    """A freshly initialised Qwen3-style decoder of a named size (seeded, so reproducible)."""
+    config = Qwen3Config(
+        vocab_size=vocab_size, max_position_embeddings=max_positions, tie_word_embeddings=False,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, **MODEL_SIZES[size],
+    )
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(config)
+
+
+def check_model_folder(folder: Path, role: str) -> None:
+    """Fail with a UserError unless `folder` looks like an HF model folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(
+            f"The {role} model folder {folder} does not exist; run `foresight prepare` or fix "
+            f"model.{role} in the config."
+        )
+    if not (folder / "config.json").is_file():
+        raise UserError(
+            f"The {role} model folder {folder} has no config.json; point model.{role} at a Hugging "
+            "Face model folder (save_pretrained output)."
+        )
+
+
+def load_model(folder: Path, role: str, dtype: str = "float32") -> PreTrainedModel:
+    """Load an HF causal LM from a local folder (never from the hub)."""
+    check_model_folder(folder, role)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"Could not load the {role} model from {folder} ({exc}); check the folder.") from None
+    return model
+
+
+def load_tokenizer(folder: Path, role: str) -> PreTrainedTokenizerFast:
+    """Load the tokenizer saved beside a model; generation pads on the left."""
+    check_model_folder(folder, role)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"The {role} folder {folder} has no usable tokenizer ({exc}); save one there.") from None
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"The {role} tokenizer in {folder} has no EOS token; set eos_token and save it.")
+    if tokenizer.pad_token_id is None:
+        # Many chat models have no pad token: padding is masked out everywhere, so EOS can stand in.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def check_pair(
+    student_tokenizer: PreTrainedTokenizerFast, teacher_tokenizer: PreTrainedTokenizerFast,
+    student: PreTrainedModel, teacher: PreTrainedModel,
+) -> None:
+    """Refuse a teacher whose vocabulary or EOS differs: its log-probs would score other tokens."""
+    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise UserError(
+            "The teacher's tokenizer vocabulary differs from the student's; use a teacher trained "
+            "with the same tokenizer (OPD compares log-probs of the same token ids)."
+        )
+    if student_tokenizer.eos_token_id != teacher_tokenizer.eos_token_id:
+        raise UserError(
+            f"The teacher's EOS id ({teacher_tokenizer.eos_token_id}) differs from the student's "
+            f"({student_tokenizer.eos_token_id}); use models that share one tokenizer."
+        )
+    student_vocab = student.get_output_embeddings().weight.shape[0]
+    teacher_vocab = teacher.get_output_embeddings().weight.shape[0]
+    if student_vocab != teacher_vocab:
+        raise UserError(
+            f"The teacher's output vocabulary ({teacher_vocab}) differs from the student's "
+            f"({student_vocab}); use a teacher with the same vocabulary size."
+        )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,128 @@
+"""Student sampling: prompts -> `Rollout` (token ids, masks, positions), batched with a KV cache.
+
+Prompts are left-padded so that every row's next token sits in the last column; completions are
+right-padded after their EOS. The completion mask is built from *when* a token was generated, not from
+its id, so a pad id equal to the EOS id can never unmask padding or mask the real EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Rollout:
+    ids: torch.Tensor  # (B, T) left-padded prompt then completion, T = P + G
+    attention_mask: torch.Tensor  # (B, T) 1 on real prompt and completion tokens
+    position_ids: torch.Tensor  # (B, T) positions counted from each row's first real token
+    completion_mask: torch.Tensor  # (B, T) 1 on generated tokens up to and including EOS
+    prompt_width: int  # P: columns [0, P) are the (padded) prompt
+
+    def rows(self, index: slice) -> Rollout:
+        """The sub-rollout of rows `index` (a micro-batch)."""
+        return Rollout(self.ids[index], self.attention_mask[index], self.position_ids[index],
+                       self.completion_mask[index], self.prompt_width)
+
+    def completion_ids(self) -> list[list[int]]:
+        """Each row's generated tokens, EOS excluded."""
+        rows = []
+        for ids_row, mask_row in zip(self.ids.tolist(), self.completion_mask.tolist()):
+            rows.append([t for t, m in zip(ids_row[self.prompt_width:], mask_row[self.prompt_width:]) if m])
+        return rows
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt, with BOS prepended when the tokenizer has one."""
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return [([bos] if bos is not None else []) + ids for ids in encoded]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad ragged id lists -> ids (B, P) and attention mask (B, P)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, P)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, P)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding gets 0)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+    max_new_tokens: int, temperature: float, generator: torch.Generator | None, greedy: bool = False,
+) -> Rollout:
+    """Generate one completion per prompt; stop each row at EOS and the batch when all rows stopped.
+
+    Sampling draws from `generator` only, so a run's completions depend on (seed, step) and nothing
+    else: that is what makes resume exact.
+    """
+    device = model.device
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    batch = prompt_ids.shape[0]
+    attention = prompt_mask
+    position = positions(prompt_mask)
+    cache = DynamicCache()
+    logits = model(input_ids=prompt_ids, attention_mask=attention, position_ids=position,
+                   cache=cache, use_cache=True).logits[:, -1]  # (B, V)
+    next_position = position[:, -1:] + 1  # (B, 1)
+    alive = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
+    new_tokens, new_mask = [], []
+    for _ in range(max_new_tokens):
+        if greedy:
+            token = logits.argmax(-1)  # (B,)
+        else:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+            token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(device)
+        token = torch.where(alive, token, torch.full_like(token, pad_id))
+        new_tokens.append(token)
+        new_mask.append(alive.long())
+        alive = alive & (token != eos_id)
+        if not bool(alive.any()):
+            break
+        attention = torch.cat([attention, new_mask[-1][:, None]], dim=1)
+        logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
+                       cache=cache, use_cache=True).logits[:, -1]
+        next_position = next_position + 1
+    completion = torch.stack(new_tokens, dim=1)  # (B, G)
+    completion_mask = torch.stack(new_mask, dim=1)  # (B, G)
+    ids = torch.cat([prompt_ids, completion], dim=1)  # (B, T)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, T)
+    full_completion_mask = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)
+    return Rollout(ids, attention_mask, positions(attention_mask), full_completion_mask,
+                   prompt_ids.shape[1])
+
+
+def decode_completions(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:
+    """Completion texts without EOS or padding."""
+    eos_id = tokenizer.eos_token_id
+    rows = [[t for t in row if t != eos_id] for row in rollout.completion_ids()]
+    return tokenizer.batch_decode(rows, skip_special_tokens=False)
+
+
+def teacher_forced(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]) -> Rollout:
+    """A Rollout of given completions (EOS appended): for SFT data and for tests."""
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)
+    completion_rows = [ids + [eos_id] for ids in tokenizer(completions, add_special_tokens=False)["input_ids"]]
+    width = max(len(r) for r in completion_rows)
+    completion = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, G)
+    completion_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, G)
+    for i, row in enumerate(completion_rows):
+        completion[i, :len(row)] = torch.tensor(row)
+        completion_mask[i, :len(row)] = 1
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, T)
+    return Rollout(torch.cat([prompt_ids, completion], dim=1), attention_mask, positions(attention_mask),
+                   torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1), prompt_ids.shape[1])

@@ -1,0 +1,92 @@
+"""Per-token scores of a rollout under a model: hidden states once, then the LM head in chunks.
+
+Only the decoder's last hidden states (B, T, H) are kept whole. Logits exist one chunk of positions at
+a time, and with gradients the chunk is recomputed in backward (activation checkpointing), so no
+float32 (B, T, V) tensor of either model is ever alive: what makes 150k-token vocabularies fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+from foresight.opd.loss import _log_softmax, divergence
+from foresight.opd.rollout import Rollout
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Scores of the next token at positions 0..T-2 (position t predicts ids[:, t+1])."""
+
+    student_logprobs: torch.Tensor  # (B, T-1) log p_S of the sampled tokens
+    teacher_logprobs: torch.Tensor | None  # (B, T-1) log p_T of the sampled tokens
+    divergence: torch.Tensor | None  # (B, T-1) full-vocabulary divergence, when asked for
+
+
+def hidden_states(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
+    """The decoder's final hidden states (B, T, H), before the LM head."""
+    device = model.device
+    output = model.get_decoder()(
+        input_ids=rollout.ids.to(device), attention_mask=rollout.attention_mask.to(device),
+        position_ids=rollout.position_ids.to(device), use_cache=False,
+    )
+    return output.last_hidden_state
+
+
+def _chunk_scores(
+    student_head: torch.nn.Module, teacher_head: torch.nn.Module | None, kind: str, beta: float,
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor | None, next_ids: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    student_logits = student_head(student_hidden)  # (B, C, V)
+    student_logp = _log_softmax(student_logits).gather(-1, next_ids[..., None]).squeeze(-1)  # (B, C)
+    if teacher_head is None:
+        return (student_logp,)
+    with torch.no_grad():
+        teacher_logits = teacher_head(teacher_hidden.to(student_logits.device))  # (B, C, V)
+        teacher_logp = _log_softmax(teacher_logits).gather(-1, next_ids[..., None]).squeeze(-1)
+    if kind == "sampled_rkl":
+        return student_logp, teacher_logp
+    return student_logp, teacher_logp, divergence(kind, student_logits, teacher_logits, beta)
+
+
+@torch.no_grad()
+def teacher_hidden_states(teacher: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
+    """The teacher's hidden states (B, T, H) under no_grad: it is a fixed target, never trained."""
+    return hidden_states(teacher, rollout)
+
+
+def score_tokens(
+    student: PreTrainedModel, rollout: Rollout, teacher: PreTrainedModel | None = None,
+    kind: str = "sampled_rkl", beta: float = 0.5, chunk_tokens: int = 64,
+    teacher_hidden: torch.Tensor | None = None,
+) -> TokenScores:
+    """Student (with grad if enabled) and teacher (no grad) scores of the rollout's tokens.
+
+    kind = "sampled_rkl" gives sampled-token log-probs only; a full-vocabulary kind also gives the
+    per-position divergence. `teacher_hidden` (B, T, H) may be passed in when already computed.
+    """
+    student_hidden = hidden_states(student, rollout)[:, :-1]  # (B, T-1, H)
+    teacher_head = None
+    if teacher is not None:
+        if teacher_hidden is None:
+            teacher_hidden = teacher_hidden_states(teacher, rollout)
+        teacher_hidden = teacher_hidden[:, :-1]  # (B, T-1, H)
+        teacher_head = teacher.get_output_embeddings()
+    next_ids = rollout.ids[:, 1:].to(student_hidden.device)  # (B, T-1)
+    student_head = student.get_output_embeddings()
+    pieces: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, next_ids.shape[1], chunk_tokens):
+        part = slice(start, start + chunk_tokens)
+        args = (student_head, teacher_head, kind, beta, student_hidden[:, part],
+                None if teacher_hidden is None else teacher_hidden[:, part], next_ids[:, part])
+        if torch.is_grad_enabled() and student_hidden.requires_grad:
+            # Recompute the chunk's logits in backward instead of storing (B, C, V) per chunk.
+            pieces.append(checkpoint(_chunk_scores, *args, use_reentrant=False))
+        else:
+            pieces.append(_chunk_scores(*args))
+    columns = [torch.cat(parts, dim=1) for parts in zip(*pieces)]
+    columns += [None] * (3 - len(columns))
+    return TokenScores(*columns)

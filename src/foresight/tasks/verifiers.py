@@ -1,0 +1,98 @@
+"""Verifiers for JSONL user tasks, picked by name from `task.verifier`.
+
+    exact                    the final answer text equals answer.strip()
+    number                   the last number in the completion equals float(answer) within 1e-6
+    python:module:function   function(completion, answer) -> bool from an importable module
+
+The final answer text is what follows the last '#' when the completion has one (the embedded
+tasks' convention), else its last non-empty line; stripped either way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable
+
+from foresight.errors import UserError
+from foresight.tasks.base import ANSWER_MARK
+
+Verifier = Callable[[str, str], bool]
+# Ints, decimals ("3.", ".5") and exponents, each with an optional minus sign.
+NUMBER_PATTERN = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+NUMBER_TOLERANCE = 1e-6
+PYTHON_PREFIX = "python:"
+
+
+def final_answer_text(completion: str) -> str:
+    """Text after the last '#', else the last non-empty line; stripped."""
+    if ANSWER_MARK in completion:
+        return completion.rsplit(ANSWER_MARK, 1)[1].strip()
+    lines = [line for line in completion.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def verify_exact(completion: str, answer: str) -> bool:
+    """The final answer text equals the stripped answer."""
+    return final_answer_text(completion) == answer.strip()
+
+
+def verify_number(completion: str, answer: str) -> bool:
+    """The last number anywhere in the completion equals float(answer) within 1e-6 (rel or abs)."""
+    numbers = NUMBER_PATTERN.findall(completion)
+    if not numbers:
+        return False
+    return math.isclose(
+        float(numbers[-1]), float(answer), rel_tol=NUMBER_TOLERANCE, abs_tol=NUMBER_TOLERANCE
+    )
+
+
+VERIFIERS: dict[str, Verifier] = {"exact": verify_exact, "number": verify_number}
+
+
+def make_verifier(spec: str) -> Verifier:
+    """The verifier named by `spec`: exact, number or python:module:function."""
+    if spec in VERIFIERS:
+        return VERIFIERS[spec]
+    if spec.startswith(PYTHON_PREFIX):
+        return import_verifier(spec)
+    raise UserError(
+        f"task.verifier '{spec}' is not known; use exact, number or python:module:function."
+    )
+
+
+def import_verifier(spec: str) -> Verifier:
+    """Import `function` from `module` for a 'python:module:function' spec."""
+    parts = spec.split(":")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise UserError(
+            f"task.verifier '{spec}' is malformed; write it as python:module:function "
+            "(e.g. python:my_checks:is_correct)."
+        )
+    _, module_name, function_name = parts
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(
+            f"task.verifier module '{module_name}' cannot be imported ({exc}); put it on "
+            "PYTHONPATH (e.g. PYTHONPATH=. when it sits in the current folder)."
+        ) from None
+    try:
+        function = getattr(module, function_name)
+    except AttributeError:
+        raise UserError(
+            f"task.verifier module '{module_name}' has no function '{function_name}'; "
+            "define it as function(completion, answer) -> bool or fix the name."
+        ) from None
+    if not callable(function):
+        raise UserError(
+            f"task.verifier '{module_name}.{function_name}' is not callable; point it at a "
+            "function(completion, answer) -> bool."
+        )
+
+    def verify_python(completion: str, answer: str) -> bool:
+        # bool() so a user function returning 1/0 or numpy.bool_ still gives a plain bool.
+        return bool(function(completion, answer))
+
+    return verify_python

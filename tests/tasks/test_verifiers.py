@@ -1,0 +1,69 @@
+"""Tests of the JSONL verifiers: exact, number and python:module:function.
+
+Run: .venv/bin/python -m pytest tests/tasks -q
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from foresight.errors import UserError
+from foresight.tasks.verifiers import final_answer_text, make_verifier
+
+
+def test_final_answer_text_prefers_the_last_mark_then_the_last_line():
+    assert final_answer_text("1+2=3#3") == "3"
+    assert final_answer_text("a#b# 42 \n") == "42"
+    assert final_answer_text("work\nmore work\n  17  \n\n") == "17"
+    assert final_answer_text("") == ""
+
+
+def test_exact():
+    verify = make_verifier("exact")
+    assert verify("steps#Paris", " Paris\n")
+    assert verify("thinking\nParis", "Paris")
+    assert not verify("steps#Paris!", "Paris")
+    assert not verify("Paris\nsteps", "Paris")
+
+
+def test_number():
+    verify = make_verifier("number")
+    assert verify("so x = 3 and the answer is 42", "42")
+    assert verify("#42.0000000001", "42")
+    assert verify("it is -7.5", "-7.5")
+    assert verify("1e3", "1000")
+    assert verify("1+2=3#3", "3.0")
+    assert not verify("42 then 43", "42")
+    assert not verify("no digits here", "0")
+    assert not verify("-3", "3")
+    assert not verify("42.001", "42")
+
+
+def test_python_verifier(tmp_path, monkeypatch):
+    (tmp_path / "user_checks.py").write_text(
+        "def lenient(completion, answer):\n"
+        "    return int(answer.lower() in completion.lower())\n"
+        "NOT_A_FUNCTION = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    verify = make_verifier("python:user_checks:lenient")
+    assert verify("The answer is PARIS", "paris") is True
+    assert verify("London", "paris") is False
+    with pytest.raises(UserError, match="has no function 'missing'"):
+        make_verifier("python:user_checks:missing")
+    with pytest.raises(UserError, match="not callable"):
+        make_verifier("python:user_checks:NOT_A_FUNCTION")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("fuzzy", "is not known; use exact, number or python:module:function"),
+        ("python:only_module", "malformed; write it as python:module:function"),
+        ("python::f", "malformed"),
+        ("python:no_such_module_xyz:f", "cannot be imported .*PYTHONPATH"),
+    ],
+)
+def test_bad_verifier_specs_raise_user_errors(spec, message):
+    with pytest.raises(UserError, match=message):
+        make_verifier(spec)
