@@ -1,0 +1,88 @@
+"""Sampling and masks: prompt masked, EOS trained, padding never trained (also when pad == eos).
+
+Run: .venv/bin/python -m pytest tests/opd/test_rollout.py -q
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from foresight.models import build_char_tokenizer, load_model, load_tokenizer
+from foresight.opd.rollout import decode_completions, sample, teacher_forced
+from foresight.opd.scoring import score_tokens
+from foresight.opd.loss import masked_sum_loss
+
+
+class ScriptedModel(torch.nn.Module):
+    """Mock LM whose logits put all mass on script[row][call]: sampling then follows the script."""
+
+    def __init__(self, script: list[list[int]], vocab: int) -> None:
+        super().__init__()
+        self.script, self.vocab, self.calls = script, vocab, 0
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask, position_ids, cache, use_cache):
+        assert attention_mask.shape == (input_ids.shape[0], attention_mask.shape[1])
+        logits = torch.full((input_ids.shape[0], input_ids.shape[1], self.vocab), -1e9)
+        for row, tokens in enumerate(self.script):
+            logits[row, -1, tokens[min(self.calls, len(tokens) - 1)]] = 0.0
+        self.calls += 1
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.fixture(params=["distinct_pad", "pad_is_eos"])
+def tokenizer(request):
+    tokenizer = build_char_tokenizer("0123456789+=#")
+    if request.param == "pad_is_eos":
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def test_sample_masks_follow_generation_not_token_ids(tokenizer):
+    eos = tokenizer.eos_token_id
+    five, six = tokenizer.convert_tokens_to_ids(["5", "6"])
+    script = [[five, six, eos], [eos], [six, six, six, six]]  # row 2 never stops: hits the cap
+    rollout = sample(ScriptedModel(script, len(tokenizer)), tokenizer, ["1+2=", "3=", "45+6="],
+                     max_new_tokens=4, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    width = rollout.prompt_width
+    assert width == 6  # BOS + longest prompt
+    assert rollout.completion_mask[:, :width].sum() == 0  # the prompt is never trained
+    assert rollout.completion_mask[:, width:].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    assert rollout.ids[0, width:width + 3].tolist() == [five, six, eos]  # EOS kept and masked in
+    assert rollout.ids[1, width + 1:].tolist() == [tokenizer.pad_token_id] * 3
+    assert decode_completions(tokenizer, rollout) == ["56", "", "6666"]
+    # Left padding: each row's positions start at 0 on its first real token.
+    assert rollout.position_ids[1, width - 3:width].tolist() == [0, 1, 2]
+
+
+def test_loss_sees_completion_and_eos_but_never_prompt_or_padding(micro_pair, tokenizer):
+    model = load_model(micro_pair[0], "student").double()
+    base_tokenizer = load_tokenizer(micro_pair[0], "student")
+    tokenizer = base_tokenizer if tokenizer.pad_token_id != tokenizer.eos_token_id else _pad_as_eos(base_tokenizer)
+    rollout = teacher_forced(tokenizer, ["1+2=", "12+3="], ["1+2=3#3", "4#4"])
+    mask = rollout.completion_mask[:, 1:].double()  # (B, T-1): position t predicts ids[:, t+1]
+    assert mask.sum(1).tolist() == [8.0, 4.0]  # every completion char plus its EOS
+
+    def loss_of(ids: torch.Tensor) -> float:
+        changed = type(rollout)(ids, rollout.attention_mask, rollout.position_ids,
+                                rollout.completion_mask, rollout.prompt_width)
+        scores = score_tokens(model, changed)
+        return masked_sum_loss(-scores.student_logprobs, mask, mask.sum()).item()
+
+    reference = loss_of(rollout.ids)
+    padded = rollout.ids.clone()
+    padded[1, -1] = 7  # a pad position after row 1's EOS: must not matter
+    assert loss_of(padded) == pytest.approx(reference, abs=1e-12)
+    no_eos = rollout.ids.clone()
+    no_eos[1, rollout.prompt_width + 2] = 7  # row 1's EOS: must matter
+    assert loss_of(no_eos) != pytest.approx(reference, abs=1e-6)
+
+
+def _pad_as_eos(tokenizer):
+    tokenizer = type(tokenizer).from_pretrained(tokenizer.name_or_path)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
