@@ -1,0 +1,103 @@
+"""The real CLI: a 2-step smoke run of configs/tiny.yaml, and every bad input ending in exit code 2
+with one sentence naming the problem (never a traceback), leaving existing files untouched.
+
+Run: .venv/bin/python -m pytest tests/test_cli.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from builders import micro_config, save_micro_model
+
+from foresight.cli import main
+from foresight.config import config_to_yaml
+from foresight.log import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["foresight", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_tiny_config_trains_two_steps_through_the_cli(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(REPO)
+    code, out, err = run_cli(monkeypatch, capsys, "train", "configs/tiny.yaml",
+                             "--set", f"train.out_dir={tmp_path / 'run'}")
+    assert code == 0, err
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [0, 1, 2] and "eval/accuracy" in rows[-1]
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
+
+
+def test_eval_command_prints_accuracy(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    code, out, err = run_cli(monkeypatch, capsys, "eval", "models/arith/teacher", "--n", "16")
+    assert code == 0, err
+    assert 0.0 <= json.loads(out)["eval/accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optim:\n  lrr: 0.1\n", "unknown key 'optim.lrr'"),
+    ("train:\n  steps: many\n", "'train.steps' is invalid"),
+    ("optim: [1, 2]\n", "'optim' is invalid"),
+    ("model:\n  student: /nonexistent/base\n", "model folder /nonexistent/base does not exist"),
+    ("task:\n  name: sudoku\n", "Unknown task 'sudoku'"),
+    ("task:\n  name: jsonl\n", "task.path is required"),
+])
+def test_bad_config_exits_2_with_one_sentence(monkeypatch, capsys, tmp_path, text, message):
+    monkeypatch.chdir(REPO)
+    text += f"train:\n  out_dir: {tmp_path / 'run'}\n" if "train:" not in text else ""
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(write_config(tmp_path, text)))
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_teacher_with_another_tokenizer_is_refused(monkeypatch, capsys, tmp_path, micro_pair):
+    other = save_micro_model(tmp_path / "other_teacher", 1, alphabet="0123456789abc=#")
+    cfg = micro_config(micro_pair[0], other, tmp_path / "run")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(write_config(tmp_path, config_to_yaml(cfg))))
+    assert code == 2 and "teacher's tokenizer vocabulary differs" in err
+
+
+def test_dataset_without_answers_is_refused(monkeypatch, capsys, tmp_path, micro_pair):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "1+1="}\n')
+    cfg = micro_config(*micro_pair, tmp_path / "run", task={"name": "jsonl", "path": str(data)})
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(write_config(tmp_path, config_to_yaml(cfg))))
+    assert code == 2 and "data.jsonl" in err and "answer" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_neither_overwritten_nor_mixed(monkeypatch, capsys, tmp_path, micro_pair):
+    cfg = micro_config(*micro_pair, tmp_path / "run", train={"steps": 1})
+    config_file = write_config(tmp_path, config_to_yaml(cfg))
+    assert run_cli(monkeypatch, capsys, "train", str(config_file))[0] == 0
+    before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(config_file))
+    assert code == 2 and "--resume" in err and "--overwrite" in err
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
+    assert run_cli(monkeypatch, capsys, "train", str(config_file), "--overwrite")[0] == 0
+
+
+def test_missing_config_file_exits_2(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "does not exist" in err

@@ -1,0 +1,32 @@
+"""Config loading: every YAML in configs/ validates; overrides are typed; unknown keys are errors.
+
+Run: .venv/bin/python -m pytest tests/test_config.py -q
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from foresight.config import load_config
+from foresight.errors import UserError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_and_says_how_to_run_it(path):
+    load_config(path)
+    assert path.read_text().startswith("#") and "Run: " in path.read_text()
+
+
+def test_overrides_are_parsed_as_yaml_and_validated():
+    cfg = load_config(None, ["optim.lr=1e-4", "train.steps=7", "log.tensorboard=false"])
+    assert cfg.optim.lr == 1e-4 and cfg.train.steps == 7 and cfg.log.tensorboard is False
+    with pytest.raises(UserError, match="unknown key 'optim.lrr'"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(UserError, match="has no '='"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(UserError, match="'rollout.temperature' is invalid"):
+        load_config(None, ["rollout.temperature=0"])
