@@ -26,6 +26,8 @@ class ModelConfig(Section):
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Student weight dtype.")
     teacher_dtype: Literal["float32", "bfloat16"] = Field("float32", description="Teacher dtype.")
+    device: str = Field("cpu", description="Student device, e.g. cpu or cuda:0.")
+    teacher_device: str = Field("cpu", description="Teacher device (may differ from the student's).")
 
 
 class TaskConfig(Section):
@@ -185,9 +187,12 @@ class DynamicsConfig(Section):
         description="Functional probes run when a scorer is given.",
     )
     scaling_alphas: list[float] = Field(
-        [0.0, 0.25, 0.5, 0.75, 1.0], description="Multipliers alpha in [0, 1] of W_base + alpha dW_T."
+        [0.0, 0.25, 0.5, 0.75, 1.0],
+        description="Multipliers alpha in [0, 1] of W_base + alpha dW_T.",
     )
-    window: int = Field(8, ge=0, description="Half-width w of the sliding window l-w..l+w (paper: 8).")
+    window: int = Field(
+        8, ge=0, description="Half-width w of the sliding window l-w..l+w (paper: 8)."
+    )
     truncation_pct: list[float] = Field(
         [1.0, 5.0, 10.0, 25.0, 50.0], description="Percent of the rank kept by rank truncation."
     )

@@ -75,14 +75,14 @@ def check_model_folder(folder: Path, role: str) -> None:
         )
 
 
-def load_model(folder: Path, role: str, dtype: str = "float32") -> PreTrainedModel:
-    """Load an HF causal LM from a local folder (never from the hub)."""
+def load_model(folder: Path, role: str, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
+    """Load an HF causal LM from a local folder (never from the hub) onto `device`."""
     check_model_folder(folder, role)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"Could not load the {role} model from {folder} ({exc}); check the folder.") from None
-    return model
+    return model.to(device)
 
 
 def load_tokenizer(folder: Path, role: str) -> PreTrainedTokenizerFast:

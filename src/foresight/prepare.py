@@ -24,8 +24,8 @@ from foresight.tasks import load_task
 
 # Optimizer steps of the supervised run at which the base and the teacher are taken, per task.
 # Chosen so that the base is weak (well over 30 points below the teacher) and the teacher strong.
-SCHEDULES: dict[str, tuple[int, int]] = {"arith": (150, 1500), "modchain": (150, 1500)}
-DEFAULT_SCHEDULE = (150, 1500)
+SCHEDULES: dict[str, tuple[int, int]] = {"arith": (150, 600), "modchain": (150, 600)}
+DEFAULT_SCHEDULE = (150, 600)
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json")
 

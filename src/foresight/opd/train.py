@@ -71,12 +71,13 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     task = load_task(cfg.task)
     student_dir = student_dir or cfg.model.student
     tokenizer = load_tokenizer(student_dir, "student")
-    student = load_model(student_dir, "student", cfg.model.dtype)
+    student = load_model(student_dir, "student", cfg.model.dtype, cfg.model.device)
     teacher = None
     if cfg.train.method == "opd":
         if cfg.model.teacher is None:
             raise UserError("OPD needs a teacher; set model.teacher to a model folder.")
-        teacher = load_model(cfg.model.teacher, "teacher", cfg.model.teacher_dtype).eval()
+        teacher = load_model(cfg.model.teacher, "teacher", cfg.model.teacher_dtype,
+                             cfg.model.teacher_device).eval()
         teacher.requires_grad_(False)
         check_pair(tokenizer, load_tokenizer(cfg.model.teacher, "teacher"), student, teacher)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
