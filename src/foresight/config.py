@@ -99,6 +99,30 @@ class LogConfig(Section):
     progress: bool = Field(True, description="Show the live progress bar.")
 
 
+class EffOPDConfig(Section):
+    enabled: bool = Field(False, description="Run the EffOPD extrapolation search during training.")
+    schedule: Literal["pow2", "every"] = Field(
+        "pow2", description="pow2: search after steps 1, 2, 4, 8, ... (paper); every: every N steps."
+    )
+    every: int = Field(8, ge=1, description="N of the 'every' schedule.")
+    multipliers: list[float] = Field(
+        [2.0, 4.0, 6.0, 8.0, 10.0], description="Candidates W_t + m·Δ tried in order (paper: 2k)."
+    )
+    accept: Literal["ge", "gt"] = Field(
+        "ge", description="Accept when the score is >= (paper) or > (official code) the best so far."
+    )
+    signal: Literal["accuracy", "kl"] = Field(
+        "accuracy",
+        description="accuracy: one T=1 sample per prompt, verified (paper); kl: minus the "
+        "full-vocabulary reverse KL to the teacher on completions sampled once per search.",
+    )
+    n_prompts: int = Field(50, ge=1, description="Validation prompts, fixed for the run (paper: 50).")
+    modules: list[str] = Field(
+        ["q", "k", "v", "o", "gate", "up", "down"],
+        description="Module kinds extrapolated (attention and MLP weights, as in the paper).",
+    )
+
+
 class Config(Section):
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
@@ -108,6 +132,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+    effopd: EffOPDConfig = EffOPDConfig()
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

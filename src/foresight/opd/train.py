@@ -26,6 +26,7 @@ from foresight.checkpoint import (
     set_rng_state,
 )
 from foresight.config import Config, OptimConfig
+from foresight.effopd.search import EffOPD, make_validator
 from foresight.errors import UserError
 from foresight.evaluate import evaluate
 from foresight.log import RunLogger
@@ -167,11 +168,31 @@ def is_checkpoint_step(cfg: Config, step: int) -> bool:
     return step % cfg.train.checkpoint_every == 0 or step in cfg.train.checkpoint_at or step == cfg.train.steps
 
 
-def restore(t: Trainer, checkpoint: Path) -> None:
+def make_effopd(t: Trainer) -> EffOPD | None:
+    """The EffOPD hook, when enabled; its validation prompts are fixed for the run."""
+    cfg = t.cfg
+    if not cfg.effopd.enabled:
+        return None
+    examples = t.task.sample("train", cfg.effopd.n_prompts, stream_seed(cfg.train.seed, 0, 2))
+    validator = make_validator(cfg.effopd.signal, t.task, t.tokenizer, examples,
+                               cfg.rollout.max_new_tokens, cfg.train.seed, t.teacher)
+    return EffOPD(cfg.effopd, t.student, validator)
+
+
+def trainer_state(t: Trainer, effopd: EffOPD | None) -> dict:
+    state = {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict()}
+    if effopd is not None:
+        state["effopd"] = effopd.state_dict()
+    return state
+
+
+def restore(t: Trainer, effopd: EffOPD | None, checkpoint: Path) -> None:
     state = load_trainer_state(checkpoint)
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
+    if effopd is not None:
+        effopd.load_state_dict(state["effopd"])
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
@@ -182,20 +203,23 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
     start_step, checkpoint = resume_point(cfg.train.out_dir, cfg, resume, overwrite)
     t = setup(cfg, student_dir=checkpoint)
     init_run_dir(cfg.train.out_dir, cfg, overwrite)
+    effopd = make_effopd(t)
     if checkpoint is not None:
-        restore(t, checkpoint)
+        restore(t, effopd, checkpoint)
     logger = RunLogger(cfg.train.out_dir, cfg.log, start_step, cfg.train.steps)
     try:
         if start_step == 0:
             logger.log(0, run_eval(t))
         for step in range(start_step + 1, cfg.train.steps + 1):
             stats = train_step(t, step)
+            if effopd is not None:
+                stats |= effopd.on_step_end(step, t.student)
             if step % cfg.eval.every == 0 or step == cfg.train.steps:
                 stats |= run_eval(t)
             logger.log(step, stats)
             if is_checkpoint_step(cfg, step):
                 save_checkpoint(cfg.train.out_dir, step, t.student, t.tokenizer, cfg,
-                                {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict()})
+                                trainer_state(t, effopd))
     finally:
         logger.close()
     return Path(cfg.train.out_dir)

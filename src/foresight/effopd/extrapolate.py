@@ -1,0 +1,51 @@
+"""EffOPD's weight arithmetic, with no search logic: which tensors, the anchor, candidates, undo.
+
+Δ = W_t − anchor over the selected tensors; a candidate is W_t + m·Δ. After k accepted searches of
+the paper's grid the weights equal anchor + (2k+1)·Δ. Copies are exact, so undo is bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from foresight.dynamics.reading import module_of
+
+Weights = dict[str, torch.Tensor]
+
+
+def selected_parameters(model: torch.nn.Module, kinds: list[str]) -> dict[str, torch.nn.Parameter]:
+    """The 2-D weights whose module kind (q, k, v, o, gate, up, down, ...) is in `kinds`.
+
+    Embeddings, lm_head and norms are left out by the default kinds, as in the paper.
+    """
+    chosen = {}
+    for name, param in model.named_parameters():
+        if param.ndim == 2 and module_of(name)[1] in kinds:
+            chosen[name] = param
+    return chosen
+
+
+def snapshot(params: dict[str, torch.nn.Parameter], device: str = "cpu") -> Weights:
+    """Detached copies of the selected tensors (the anchor lives on CPU by default)."""
+    return {name: p.detach().to(device, copy=True) for name, p in params.items()}
+
+
+@torch.no_grad()
+def write(params: dict[str, torch.nn.Parameter], weights: Weights) -> None:
+    """Copy `weights` into the live parameters in place (optimizer references stay valid)."""
+    for name, param in params.items():
+        param.copy_(weights[name])
+
+
+@torch.no_grad()
+def write_candidate(params: dict[str, torch.nn.Parameter], current: Weights, anchor: Weights,
+                    multiplier: float) -> None:
+    """Set each selected parameter to W_t + m·(W_t − anchor)."""
+    for name, param in params.items():
+        w_t = current[name]
+        param.copy_(w_t + multiplier * (w_t - anchor[name]))
+
+
+def update_norm(current: Weights, anchor: Weights) -> float:
+    """‖Δ‖_F over all selected tensors: how far training moved since the anchor."""
+    return float(torch.sqrt(sum(((current[n] - anchor[n]).double() ** 2).sum() for n in current)))

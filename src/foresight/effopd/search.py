@@ -1,0 +1,122 @@
+"""EffOPD: the validation-gated extrapolation search, as one plug-in object (paper §5).
+
+After the optimizer step at the trigger steps (1, 2, 4, 8, ... by default), with Δ = W_t − anchor:
+try W_t + m·Δ for m in the candidate list, in order; accept while the validation score does not drop
+(>=, or strict > as in the official code), stop at the first failure; keep the last accepted weights
+(or W_t if none). The anchor then becomes the kept weights. The optimizer state is not touched.
+
+The trainer calls `on_step_end(step, model)`; `EffOPDCallback` adapts it to Hugging Face trainers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+from foresight.config import EffOPDConfig
+from foresight.effopd.extrapolate import selected_parameters, snapshot, update_norm, write, write_candidate
+from foresight.evaluate import accuracy, mean_reverse_kl
+from foresight.opd.rollout import decode_completions, sample
+from foresight.tasks import Example, Task
+
+# validator(model, step) -> score(model) for this search. Higher is better.
+Validator = Callable[[torch.nn.Module, int], Callable[[torch.nn.Module], float]]
+
+
+def is_search_step(cfg: EffOPDConfig, step: int) -> bool:
+    if cfg.schedule == "pow2":
+        return step >= 1 and step & (step - 1) == 0
+    return step % cfg.every == 0
+
+
+def make_validator(signal: str, task: Task, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+                   max_new_tokens: int, seed: int, teacher: PreTrainedModel | None = None) -> Validator:
+    """The validation score V of a search.
+
+    accuracy: share of verified one-sample (T=1) completions, the paper's V. All candidates of one
+      search draw from the same seed (common random numbers), which removes part of the noise.
+    kl: minus the full-vocabulary reverse KL to the teacher, teacher-forced on completions sampled
+      once per search from W_t: dense, needs no verifier, and far less noisy.
+    """
+    prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
+
+    def begin(model: torch.nn.Module, step: int) -> Callable[[torch.nn.Module], float]:
+        search_seed = seed * 1_000_003 + step
+        if signal == "accuracy":
+            def score(candidate: torch.nn.Module) -> float:
+                generator = torch.Generator().manual_seed(search_seed)
+                rollout = sample(candidate, tokenizer, prompts, max_new_tokens, 1.0, generator)
+                return accuracy(task, decode_completions(tokenizer, rollout), answers)
+            return score
+        rollout = sample(model, tokenizer, prompts, max_new_tokens, 1.0,
+                         torch.Generator().manual_seed(search_seed))
+        return lambda candidate: -mean_reverse_kl(candidate, teacher, rollout)
+
+    return begin
+
+
+class EffOPD:
+    """Holds the anchor of the extrapolated tensors and runs the search at trigger steps."""
+
+    def __init__(self, cfg: EffOPDConfig, model: torch.nn.Module, validator: Validator) -> None:
+        self.cfg, self.validator = cfg, validator
+        self.params = selected_parameters(model, cfg.modules)
+        self.anchor = snapshot(self.params)
+        self.history: list[dict[str, Any]] = []
+
+    def on_step_end(self, step: int, model: torch.nn.Module) -> dict[str, float]:
+        """Search if `step` is a trigger step; return the metrics to log (empty otherwise)."""
+        if not is_search_step(self.cfg, step):
+            return {}
+        started = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        score = self.validator(model, step)
+        current = snapshot(self.params)
+        initial = best = score(model)
+        accepted, scores = 0.0, {}
+        for multiplier in self.cfg.multipliers:
+            write_candidate(self.params, current, self.anchor, multiplier)
+            scores[multiplier] = score(model)
+            better = scores[multiplier] >= best if self.cfg.accept == "ge" else scores[multiplier] > best
+            if not better:
+                break
+            best, accepted = scores[multiplier], multiplier
+        if accepted:
+            write_candidate(self.params, current, self.anchor, accepted)
+        else:
+            write(self.params, current)  # exact undo: W_t bit for bit
+        delta_norm = update_norm(current, self.anchor)
+        self.anchor = snapshot(self.params)
+        model.train(was_training)
+        record = {"step": step, "initial_score": initial, "scores": scores, "accepted": accepted,
+                  "best_score": best, "delta_norm": delta_norm, "seconds": time.perf_counter() - started}
+        self.history.append(record)
+        stats = {"effopd/accepted_multiplier": accepted, "effopd/initial_score": initial,
+                 "effopd/best_score": best, "effopd/delta_norm": delta_norm,
+                 "time/effopd_s": record["seconds"]}
+        stats |= {f"effopd/score@{m:g}": s for m, s in scores.items()}
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"anchor": self.anchor, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.anchor = {name: tensor.clone() for name, tensor in state["anchor"].items()}
+        self.history = list(state["history"])
+
+
+class EffOPDCallback(TrainerCallback):
+    """EffOPD for Hugging Face trainers (transformers.Trainer, TRL trainers): search after the
+    optimizer step at the trigger steps. The search's metrics are kept in `effopd.history`."""
+
+    def __init__(self, effopd: EffOPD) -> None:
+        self.effopd = effopd
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.effopd.on_step_end(state.global_step, model)
+        return control
