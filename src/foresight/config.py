@@ -225,6 +225,9 @@ class DynamicsConfig(Section):
         [0.0, 0.5, 1.0], description="beta of dW_t [1 + beta (||dW_T|| / ||dW_t|| - 1)]."
     )
     n_prompts: int = Field(256, ge=1, description="Prompts scored per probe evaluation.")
+    threads: int = Field(
+        0, ge=0, description="torch CPU threads; 0 = torch's default; 1 on a busy machine."
+    )
 
     @model_validator(mode="after")
     def _check_ranges(self) -> DynamicsConfig:

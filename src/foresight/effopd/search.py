@@ -112,11 +112,22 @@ class EffOPD:
 
 class EffOPDCallback(TrainerCallback):
     """EffOPD for Hugging Face trainers (transformers.Trainer, TRL trainers): search after the
-    optimizer step at the trigger steps. The search's metrics are kept in `effopd.history`."""
+    optimizer step at the trigger steps; the search's metrics join the trainer's next log line.
+
+    Resuming a Hugging Face run does not restore the anchor (the first search after a resume then
+    spans everything since the anchor was taken): use `foresight train` for exact resume.
+    """
 
     def __init__(self, effopd: EffOPD) -> None:
         self.effopd = effopd
+        self.pending: dict[str, float] = {}
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.effopd.on_step_end(state.global_step, model)
+        self.pending |= self.effopd.on_step_end(state.global_step, model)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            logs.update(self.pending)
+            self.pending = {}
         return control

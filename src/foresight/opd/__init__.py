@@ -1,0 +1,1 @@
+"""The OPD engine: rollout (student sampling), scoring, losses and the one training loop."""
