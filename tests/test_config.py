@@ -30,3 +30,10 @@ def test_overrides_are_parsed_as_yaml_and_validated():
         load_config(None, ["optim.lr"])
     with pytest.raises(UserError, match="'rollout.temperature' is invalid"):
         load_config(None, ["rollout.temperature=0"])
+
+
+def test_cross_section_checks_name_the_keys():
+    with pytest.raises(UserError, match="train.micro_batches cannot exceed rollout.prompts_per_step"):
+        load_config(None, ["train.micro_batches=100"])
+    with pytest.raises(UserError, match="effopd.signal 'kl' needs a teacher"):
+        load_config(None, ["effopd.enabled=true", "effopd.signal=kl", "train.method=sft"])

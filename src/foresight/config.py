@@ -134,6 +134,14 @@ class Config(Section):
     log: LogConfig = LogConfig()
     effopd: EffOPDConfig = EffOPDConfig()
 
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Config:
+        if self.train.micro_batches > self.rollout.prompts_per_step:
+            raise ValueError("train.micro_batches cannot exceed rollout.prompts_per_step")
+        if self.effopd.enabled and self.effopd.signal == "kl" and self.train.method != "opd":
+            raise ValueError("effopd.signal 'kl' needs a teacher, so train.method must be 'opd'")
+        return self
+
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3, 1e-4, true)."""
@@ -155,6 +163,8 @@ def describe_error(err: ValidationError, source: str) -> str:
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{where}'; remove it or fix its spelling."
+    if first["type"] == "value_error":  # our own cross-field checks already name the keys
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}; fix the config and rerun."
     return f"{source}: '{where}' is invalid ({first['msg']}); correct the value and rerun."
 
 
