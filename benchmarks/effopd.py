@@ -47,7 +47,7 @@ def run_one(config: Path, out: Path, method: str, seed: int, steps: int, every: 
         return run_dir  # finished earlier: the benchmark can be resumed
     overrides = [f"optim.lr={lr * factor}", f"train.seed={seed}", f"train.steps={steps}",
                  f"train.out_dir={run_dir}", f"train.checkpoint_every={steps}", "train.checkpoint_at=[]",
-                 f"eval.every={every}", "eval.sampled=false", "log.progress=false",
+                 f"eval.every={every}", "eval.sampled=false", "eval.teacher_kl=false", "log.progress=false",
                  "log.tensorboard=false", *extra]
     train(load_config(config, overrides), overwrite=True)
     return run_dir

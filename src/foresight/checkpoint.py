@@ -132,7 +132,7 @@ def check_resumable_config(run_dir: Path, cfg: Config) -> None:
     given = cfg.model_dump(mode="json")
     for section in ("train", "eval", "log"):
         for key in ("steps", "every", "n_prompts", "tensorboard", "progress", "checkpoint_every",
-                    "checkpoint_at", "threads", "batch_size", "sampled", "split"):
+                    "checkpoint_at", "threads", "batch_size", "sampled", "split", "teacher_kl"):
             saved[section].pop(key, None)
             given[section].pop(key, None)
     if saved != given:

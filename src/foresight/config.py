@@ -91,6 +91,7 @@ class EvalConfig(Section):
     n_prompts: int = Field(256, ge=1, description="Held-out prompts per evaluation.")
     split: Literal["val", "test"] = Field("val", description="Held-out split used during training.")
     sampled: bool = Field(True, description="Also report accuracy of one sample at temperature 1.")
+    teacher_kl: bool = Field(True, description="Also report the reverse KL to the teacher.")
     batch_size: int = Field(256, ge=1, description="Prompts per generation batch.")
 
 

@@ -156,11 +156,11 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
     return stats
 
 
-def run_eval(t: Trainer, teacher_kl: bool = True) -> dict[str, float]:
+def run_eval(t: Trainer) -> dict[str, float]:
     cfg = t.cfg
     return evaluate(t.student, t.tokenizer, t.task, cfg.eval.split, cfg.eval.n_prompts,
                     cfg.rollout.max_new_tokens, cfg.eval.batch_size,
-                    teacher=t.teacher if teacher_kl else None, sampled=cfg.eval.sampled,
+                    teacher=t.teacher if cfg.eval.teacher_kl else None, sampled=cfg.eval.sampled,
                     seed=cfg.train.seed)
 
 
