@@ -38,7 +38,7 @@ def group_shares(
 
 
 def average_ranks(values: Sequence[float]) -> np.ndarray:
-    """Ranks 1..n of values, ties sharing the mean of the ranks they span (as scipy.stats.rankdata)."""
+    """Ranks 1..n of values; ties share the mean of the ranks they span (scipy's rankdata)."""
     array = np.asarray(values, dtype=np.float64)
     order = np.argsort(array, kind="stable")
     ranks = np.empty(len(array), dtype=np.float64)

@@ -67,9 +67,7 @@ def collect(
         if len(info.shape) == 2:
             with clock.phase("time/direction_s"):
                 pca = trajectory_pca(leading)
-            trajectory.append(
-                {"module": info.name, "layer": info.layer, "kind": info.kind, **pca}
-            )
+            trajectory.append({"module": info.name, "layer": info.layer, "kind": info.kind, **pca})
     # Regroup checkpoint-major so each step's rows are contiguous and in the same tensor order.
     modules = [rows[i] for i in range(len(series)) for rows in per_tensor]
     return Collected(modules, trajectory, dict(clock.seconds))

@@ -74,9 +74,10 @@ def trajectory_pca(leading: Sequence[torch.Tensor]) -> dict[str, float | None]:
     """Share of variance along the first and the first two principal components of a trajectory.
 
     leading: N vectors (m,), the top left singular vector of one module at N checkpoints, the
-    last being the final one. Each is first flipped to point the same way as the final vector: a singular
-    vector's sign is arbitrary, and an unaligned flip would read as a jump of length 2 that swamps
-    the real drift. Values are None with fewer than 2 vectors or when all of them coincide.
+    last being the final one. Each is first flipped to point the same way as the final vector: a
+    singular vector's sign is arbitrary, and an unaligned flip would read as a jump of length 2
+    that swamps the real drift. Values are None with fewer than 2 vectors or when all of them
+    coincide.
     """
     if len(leading) < 2:
         return {"dynamics/pca_pc1": None, "dynamics/pca_pc12": None}

@@ -91,15 +91,17 @@ def sparsity_metrics(
     sparsity_abs_{t} = mean(|dW| < t)
     sparsity_rel_{c} = mean(|dW| < c * rms(W_before)),  rms = sqrt(mean(W_before^2))
     """
-    magnitude = (w_after - w_before).abs()
-    base_rms = float(w_before.square().mean().sqrt())
+    magnitude = (w_after - w_before).abs_()  # in place: one full-size temporary, not two
+    count = max(magnitude.numel(), 1)
+    base_rms = float(torch.linalg.vector_norm(w_before)) / math.sqrt(count)
     values: Values = {
-        f"dynamics/sparsity_abs_{t:g}": float((magnitude < t).float().mean()) for t in sparsity_abs
+        f"dynamics/sparsity_abs_{t:g}": int(torch.count_nonzero(magnitude < t)) / count
+        for t in sparsity_abs
     }
     for c in sparsity_rel:
         # An all-zero base weight has no scale to be relative to.
-        share = float((magnitude < c * base_rms).float().mean()) if base_rms > 0 else None
-        values[f"dynamics/sparsity_rel_{c:g}"] = share
+        below = int(torch.count_nonzero(magnitude < c * base_rms)) / count
+        values[f"dynamics/sparsity_rel_{c:g}"] = below if base_rms > 0 else None
     return values
 
 

@@ -32,6 +32,18 @@ def load_model(base_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
+def score_columns(scores: dict[str, float]) -> dict[str, float]:
+    """A scorer's values as `score/<key>` columns, with an `eval/` namespace dropped.
+
+    `foresight.evaluate.task_scorer` reports `eval/accuracy`, a bare Scorer `accuracy`; both land
+    in `score/accuracy`, the column the probes' gain and figures read.
+    """
+    columns = {f"score/{key.removeprefix('eval/')}": float(value) for key, value in scores.items()}
+    if "score/accuracy" not in columns:
+        raise ValueError(f"A scorer must return 'accuracy'; this one returned {sorted(scores)}.")
+    return columns
+
+
 class WeightPatch:
     """Score a model with some tensors set to base + delta, then put the base values back."""
 
@@ -49,23 +61,22 @@ class WeightPatch:
         self.params = {name: params[name] for name in names}
         self.base = {name: param.detach().clone() for name, param in self.params.items()}
 
-    def score(
-        self, deltas: Iterable[tuple[str, torch.Tensor]], scorer: Scorer
-    ) -> dict[str, float]:
+    def score(self, deltas: Iterable[tuple[str, torch.Tensor]], scorer: Scorer) -> dict[str, float]:
         """scorer(model) with each named tensor at base + delta (others at base), keys `score/...`.
 
         deltas is consumed lazily, so a generator keeps one delta in memory at a time.
         """
         written: list[str] = []
         try:
+            # no_grad around the scorer too: scoring never needs an autograd graph.
             with torch.no_grad():
                 for name, delta in deltas:
                     written.append(name)
                     self.params[name].copy_(self.base[name] + delta)
-            scores = scorer(self.model)
+                scores = scorer(self.model)
         finally:
             self.restore(written)
-        return {f"score/{key}": float(value) for key, value in scores.items()}
+        return score_columns(scores)
 
     def restore(self, names: Iterable[str] | None = None) -> None:
         """Copy the saved base values back (all tensors when names is None)."""

@@ -9,6 +9,7 @@ largest tensor.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -72,26 +73,33 @@ class TensorInfo:
 def module_of(name: str, pattern: re.Pattern[str] | None = None) -> tuple[int | None, str]:
     """(layer index or None, module kind) of a tensor name; kind is "other" when nothing matches.
 
-    Built-in rules come first; `pattern` (named groups `layer` and `kind`) is the fallback for
-    names they do not cover. Its `kind` group may be a kind ("q") or a known leaf ("q_proj").
+    Built-in rules come first; `pattern` (named groups `layer` and `kind`) fills in what they
+    leave open. Its `kind` group may capture a kind ("q") or a known leaf name ("q_proj").
     """
     parts = name.split(".")
     if parts[-1] in ("weight", "bias") and len(parts) > 1:
         parts = parts[:-1]
     leaf, parent = parts[-1], parts[-2] if len(parts) > 1 else ""
+    pairs = itertools.pairwise(parts)
     layer = next(
-        (int(nxt) for part, nxt in zip(parts, parts[1:]) if part in _LAYER_CONTAINERS and nxt.isdigit()),
-        None,
+        (int(nxt) for part, nxt in pairs if part in _LAYER_CONTAINERS and nxt.isdigit()), None
     )
     kind = _LEAF_KINDS.get(leaf) or _PARENT_LEAF_KINDS.get((parent, leaf))
     if kind is None and ("norm" in leaf or leaf.startswith("ln_")):
         kind = "norm"  # input_layernorm, q_norm, pre_feedforward_layernorm, ln_1, ln_f, ...
-    if kind is None and pattern is not None and (match := pattern.search(name)):
-        return _from_pattern(name, match)
+    match = pattern.search(name) if pattern is not None else None
+    if match and (kind is None or layer is None):
+        layer = layer if layer is not None else _pattern_layer(match)
+        kind = kind or _pattern_kind(name, match)
     return layer, kind or "other"
 
 
-def _from_pattern(name: str, match: re.Match[str]) -> tuple[int | None, str]:
+def _pattern_layer(match: re.Match[str]) -> int | None:
+    text = match.group("layer")
+    return int(text) if text and text.isdigit() else None
+
+
+def _pattern_kind(name: str, match: re.Match[str]) -> str:
     captured = match.group("kind")
     kind = captured if captured in KINDS else _LEAF_KINDS.get(captured)
     if kind is None:
@@ -99,8 +107,7 @@ def _from_pattern(name: str, match: re.Match[str]) -> tuple[int | None, str]:
             f"dynamics.name_pattern captured kind '{captured}' from '{name}', which is not one "
             f"of {', '.join(KINDS)}; change the pattern's kind group to capture one of them."
         )
-    layer_text = match.group("layer")
-    return (int(layer_text) if layer_text and layer_text.isdigit() else None), kind
+    return kind
 
 
 class ModelFolder:
@@ -123,7 +130,13 @@ class ModelFolder:
     def read(self, name: str) -> torch.Tensor:
         """A float32 copy of one tensor; the shard is closed again before returning."""
         with safe_open(self.files[name], framework="pt") as handle:
-            return handle.get_tensor(name).to(torch.float32)
+            tensor = handle.get_tensor(name).to(torch.float32)
+        # A diverged run's NaN would otherwise surface as an SVD convergence error.
+        if not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"{self.path}: tensor {name} holds NaN or inf values; leave this checkpoint out."
+            )
+        return tensor
 
 
 def _weight_files(path: Path) -> dict[str, Path]:
@@ -170,7 +183,7 @@ def describe(base: ModelFolder, name_pattern: str | None = None) -> list[TensorI
 
 
 def check_series(base: ModelFolder, checkpoints: list[ModelFolder]) -> None:
-    """Raise a UserError naming the tensors of any checkpoint that lack, add or reshape the base's."""
+    """UserError naming the tensors a checkpoint lacks, adds or reshapes relative to the base."""
     for folder in checkpoints:
         missing = sorted(set(base.shapes) - set(folder.shapes))
         if missing:
@@ -201,7 +214,9 @@ def checkpoints_of(run_dir: Path) -> list[tuple[int, Path]]:
     """
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
-        raise UserError(f"{run_dir} has no checkpoints/ folder; pass a run folder written by train.")
+        raise UserError(
+            f"{run_dir} has no checkpoints/ folder; pass a run folder written by train."
+        )
     found = [
         (int(match.group(1)), path)
         for path in folder.iterdir()

@@ -146,7 +146,9 @@ def write_csv(path: Path, rows: list[Row]) -> None:
 def read_csv(path: Path) -> list[Row]:
     """Read a CSV written by write_csv: numbers back to int/float, empty cells to None."""
     with open(path, newline="") as handle:
-        return [{key: _parse(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        return [
+            {key: _parse(value) for key, value in row.items()} for row in csv.DictReader(handle)
+        ]
 
 
 def _parse(text: str) -> object:

@@ -90,8 +90,8 @@ def sample(
         new_tokens.append(token)
         new_mask.append(alive.long())
         alive = alive & (token != eos_id)
-        if not bool(alive.any()):
-            break
+        if not bool(alive.any()) or len(new_tokens) == max_new_tokens:
+            break  # no forward pass for logits nobody will sample from
         attention = torch.cat([attention, new_mask[-1][:, None]], dim=1)
         logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
                        cache=cache, use_cache=True).logits[:, -1]
