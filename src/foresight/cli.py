@@ -12,10 +12,12 @@ from typing import Annotated
 
 import typer
 
+from foresight.dynamics.command import analyze_command
 from foresight.errors import UserError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="On-policy distillation, foresight analysis and EffOPD.")
+app.command("analyze")(analyze_command)
 
 SetOption = Annotated[list[str], typer.Option("--set", help="Override a config value: section.key=value.")]
 

@@ -49,6 +49,7 @@ class RolloutConfig(Section):
     prompts_per_step: int = Field(64, ge=1, description="Prompts sampled per optimizer step (B).")
     max_new_tokens: int = Field(64, ge=1, description="Completion length cap in tokens.")
     temperature: float = Field(1.0, gt=0, description="Student sampling temperature (paper: 1).")
+    group_size: int = Field(1, ge=1, description="Completions per prompt (GRPO's group, G).")
 
 
 class LossConfig(Section):
@@ -62,6 +63,7 @@ class LossConfig(Section):
     chunk_tokens: int = Field(
         64, ge=1, description="Sequence positions per chunk of full-vocabulary log-softmax."
     )
+    kl_coef: float = Field(0.0, ge=0, description="RL only: k3 KL penalty to the starting model.")
 
 
 class OptimConfig(Section):
@@ -74,9 +76,15 @@ class OptimConfig(Section):
 
 
 class TrainConfig(Section):
-    method: Literal["opd", "sft"] = Field(
-        "opd", description="opd: student samples, teacher scores; sft: train on worked solutions."
+    method: Literal["opd", "rl", "sft"] = Field(
+        "opd", description="opd: student samples, teacher scores; rl: GRPO on the task's verifier; "
+        "sft: cross-entropy on given completions (see sft_source)."
     )
+    sft_source: Literal["solutions", "teacher"] = Field(
+        "solutions", description="SFT completions: the task's worked solutions, or teacher samples "
+        "(sequence-level distillation, cached in the run folder)."
+    )
+    sft_verified_only: bool = Field(False, description="SFT on teacher samples the verifier accepts only.")
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     micro_batches: int = Field(1, ge=1, description="Gradient-accumulation chunks per step.")
     seed: int = Field(0, description="Seed of data order, sampling and init.")
@@ -141,6 +149,10 @@ class Config(Section):
             raise ValueError("train.micro_batches cannot exceed rollout.prompts_per_step")
         if self.effopd.enabled and self.effopd.signal == "kl" and self.train.method != "opd":
             raise ValueError("effopd.signal 'kl' needs a teacher, so train.method must be 'opd'")
+        if self.rollout.group_size > 1 and self.train.method != "rl":
+            raise ValueError("rollout.group_size > 1 is for train.method 'rl' (GRPO) only")
+        if self.loss.kl_coef > 0 and self.train.method != "rl":
+            raise ValueError("loss.kl_coef is the RL penalty; set it only with train.method 'rl'")
         return self
 
 
@@ -237,7 +249,10 @@ class DynamicsConfig(Section):
     )
     n_prompts: int = Field(256, ge=1, description="Prompts scored per probe evaluation.")
     threads: int = Field(
-        0, ge=0, description="torch CPU threads; 0 = torch's default; 1 on a busy machine."
+        1,
+        ge=0,
+        description="torch CPU threads for the SVDs; 0 = torch's default. On a machine shared with "
+        "other jobs, more than 1 can make small SVDs 10-100x slower (OpenMP threads spin).",
     )
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from builders import micro_config
 
-from foresight.opd.train import make_rollout, micro_batch_loss, setup, train_step
+from foresight.opd.train import make_batch, micro_batch_loss, setup, train_step
 
 
 @pytest.mark.parametrize("kind", ["sampled_rkl", "reverse_kl", "forward_kl", "gjsd"])
@@ -30,7 +30,7 @@ def test_two_steps_move_every_parameter(micro_pair, tmp_path, kind):
 def test_gradient_accumulation_does_not_change_the_gradient(micro_pair, tmp_path, kind):
     """One micro-batch or four: the same accumulated gradient (the loss divides by the step's tokens)."""
     trainer = setup(micro_config(*micro_pair, tmp_path / "run", loss={"kind": kind}))
-    rollout = make_rollout(trainer, 1)
+    rollout = make_batch(trainer, 1).rollout
     n_tokens = rollout.completion_mask[:, 1:].sum()
     gradients, losses = [], []
     for parts in (1, 4):
@@ -38,7 +38,7 @@ def test_gradient_accumulation_does_not_change_the_gradient(micro_pair, tmp_path
         total = 0.0
         for rows in torch.arange(rollout.ids.shape[0]).tensor_split(parts):
             part = slice(int(rows[0]), int(rows[-1]) + 1)
-            loss, _ = micro_batch_loss(trainer, rollout.rows(part), None, n_tokens)
+            loss, _ = micro_batch_loss(trainer, rollout.rows(part), None, None, n_tokens)
             loss.backward()
             total += loss.item()
         losses.append(total)

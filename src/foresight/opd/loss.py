@@ -36,11 +36,44 @@ def sampled_token_loss(
     detached current log-probs, so r_t ≡ 1 and the clip is inactive, as in the paper's code.
     """
     old = student_logprobs.detach() if old_logprobs is None else old_logprobs
-    advantage = (teacher_logprobs - old).detach()  # (B, T)
+    advantages = (teacher_logprobs - old).detach()  # (B, T)
+    return clipped_policy_loss(student_logprobs, advantages, mask, n_tokens, clip_eps, old)
+
+
+def clipped_policy_loss(
+    student_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    n_tokens: int | torch.Tensor, clip_eps: float, old_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """PPO-clip policy-gradient loss with token-level aggregation over the whole step.
+
+    r_t = exp(log p_S(y_t) - log p_old(y_t));  loss = -Σ mask_t · min(r_t A_t, clip(r_t, 1±ε) A_t) / n_tokens.
+    `advantages` (B, T) are treated as constants; `old_logprobs` default to the detached current ones.
+    """
+    old = student_logprobs.detach() if old_logprobs is None else old_logprobs
+    advantages = advantages.detach()
     ratio = torch.exp(student_logprobs - old)  # (B, T)
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    per_token = -torch.minimum(ratio * advantage, clipped * advantage)  # (B, T)
+    per_token = -torch.minimum(ratio * advantages, clipped * advantages)  # (B, T)
     return (per_token * mask).sum() / n_tokens
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO's group-normalized advantages (Shao et al. 2024): (r - mean_group) / (std_group + eps).
+
+    rewards (B·G,) are ordered group by group. A group whose rewards are all equal gets exactly 0:
+    it carries no signal about which completion is better.
+    """
+    grouped = rewards.reshape(-1, group_size).double()  # (B, G)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True, unbiased=False) if group_size > 1 else torch.ones_like(centred)
+    return (centred / (std + eps)).reshape(-1).to(rewards.dtype)
+
+
+def k3_kl(student_logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(p_S ‖ p_ref) on sampled tokens (Schulman 2020), as in GRPO:
+    exp(log p_ref - log p_S) - (log p_ref - log p_S) - 1 >= 0, backpropagated directly. (B, T)."""
+    log_ratio = reference_logprobs - student_logprobs
+    return torch.exp(log_ratio) - log_ratio - 1.0
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

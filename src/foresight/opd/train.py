@@ -1,9 +1,11 @@
 """The one training loop, shared by every method: `train(cfg)` owns set-up, the loop, evaluation,
 logging, checkpoints and resume; `train_step` is one optimizer step.
 
-Methods differ only in where completions come from and which loss scores them:
+Methods differ only in where completions come from (completions.py) and which loss scores them:
   opd -- the student samples; the teacher scores every token; reverse KL (sampled-token or full-vocab)
-  sft -- the task's worked solutions, teacher-forced; cross-entropy (used by `prepare` too)
+  rl  -- GRPO: G samples per prompt, verifier rewards, group-normalized advantages, PPO-clip,
+         optional k3 KL penalty to the starting model
+  sft -- worked solutions or cached teacher samples, teacher-forced; cross-entropy (`prepare` uses it)
 
 Run: foresight train configs/tiny.yaml --set train.steps=20
 """
@@ -31,8 +33,22 @@ from foresight.errors import UserError
 from foresight.evaluate import evaluate
 from foresight.log import RunLogger
 from foresight.models import check_pair, load_model, load_tokenizer
-from foresight.opd.loss import masked_sum_loss, sampled_token_loss
-from foresight.opd.rollout import Rollout, sample, teacher_forced
+from foresight.opd.completions import (
+    StepBatch,
+    TeacherCompletions,
+    sft_batch,
+    step_examples,
+    stream_seed,
+    student_batch,
+)
+from foresight.opd.loss import (
+    clipped_policy_loss,
+    group_advantages,
+    k3_kl,
+    masked_sum_loss,
+    sampled_token_loss,
+)
+from foresight.opd.rollout import Rollout
 from foresight.opd.scoring import TokenScores, score_tokens, teacher_hidden_states
 from foresight.tasks import Task, load_task
 
@@ -44,15 +60,16 @@ class Trainer:
     cfg: Config
     task: Task
     student: PreTrainedModel
-    teacher: PreTrainedModel | None
+    teacher: PreTrainedModel | None  # opd: scores every token; sft from teacher: writes completions
+    reference: PreTrainedModel | None  # rl with loss.kl_coef > 0: the frozen starting student
     tokenizer: PreTrainedTokenizerBase
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    teacher_cache: TeacherCompletions | None  # sft from teacher: completions cached in the run
 
-
-def stream_seed(seed: int, step: int, stream: int) -> int:
-    """Independent, reproducible seeds per (run seed, step, stream): 0 = data order, 1 = sampling."""
-    return (seed * 1_000_003 + step) * 4 + stream
+    def scored_against(self) -> PreTrainedModel | None:
+        """The frozen model scored beside the student: the teacher (opd) or the reference (rl)."""
+        return self.teacher if self.cfg.train.method == "opd" else self.reference
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
@@ -73,46 +90,56 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     student_dir = student_dir or cfg.model.student
     tokenizer = load_tokenizer(student_dir, "student")
     student = load_model(student_dir, "student", cfg.model.dtype, cfg.model.device)
-    teacher = None
-    if cfg.train.method == "opd":
+    teacher = reference = None
+    if cfg.train.method == "opd" or (cfg.train.method == "sft" and cfg.train.sft_source == "teacher"):
         if cfg.model.teacher is None:
-            raise UserError("OPD needs a teacher; set model.teacher to a model folder.")
-        teacher = load_model(cfg.model.teacher, "teacher", cfg.model.teacher_dtype,
-                             cfg.model.teacher_device).eval()
-        teacher.requires_grad_(False)
+            raise UserError(f"train.method {cfg.train.method} here needs a teacher; set model.teacher "
+                            "to a model folder.")
+        teacher = frozen(load_model(cfg.model.teacher, "teacher", cfg.model.teacher_dtype,
+                                    cfg.model.teacher_device))
         check_pair(tokenizer, load_tokenizer(cfg.model.teacher, "teacher"), student, teacher)
+    if cfg.train.method == "rl" and cfg.loss.kl_coef > 0:
+        reference = frozen(load_model(cfg.model.student, "student", cfg.model.dtype, cfg.model.device))
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.train.steps))
-    return Trainer(cfg, task, student, teacher, tokenizer, optimizer, scheduler)
+    cache = TeacherCompletions(cfg.train.out_dir) if teacher is not None and cfg.train.method == "sft" else None
+    return Trainer(cfg, task, student, teacher, reference, tokenizer, optimizer, scheduler, cache)
 
 
-def make_rollout(t: Trainer, step: int) -> Rollout:
-    """The step's completions: the student's own samples (opd) or the worked solutions (sft)."""
-    examples = t.task.sample("train", t.cfg.rollout.prompts_per_step, stream_seed(t.cfg.train.seed, step, 0))
-    prompts = [e.prompt for e in examples]
+def frozen(model: PreTrainedModel) -> PreTrainedModel:
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def make_batch(t: Trainer, step: int) -> StepBatch:
+    """The step's completions (see completions.py): student samples, solutions or teacher samples."""
+    examples = step_examples(t.task, t.cfg, step)
     if t.cfg.train.method == "sft":
-        if not all(e.solution for e in examples):
-            raise UserError("SFT needs a 'solution' on every training example; add it to the JSONL file.")
-        return teacher_forced(t.tokenizer, prompts, [e.solution for e in examples])
-    generator = torch.Generator().manual_seed(stream_seed(t.cfg.train.seed, step, 1))
-    t.student.eval()  # sampling: no dropout, no autograd
-    rollout = sample(t.student, t.tokenizer, prompts, t.cfg.rollout.max_new_tokens,
-                     t.cfg.rollout.temperature, generator)
-    t.student.train()
-    return rollout
+        return sft_batch(t.task, t.tokenizer, examples, t.cfg, step, t.teacher, t.teacher_cache)
+    return student_batch(t.student, t.tokenizer, t.task, examples, t.cfg, step)
 
 
-def micro_batch_loss(t: Trainer, rollout: Rollout, teacher_hidden: torch.Tensor | None,
-                     n_tokens: torch.Tensor) -> tuple[torch.Tensor, TokenScores]:
+def micro_batch_loss(t: Trainer, rollout: Rollout, advantages: torch.Tensor | None,
+                     frozen_hidden: torch.Tensor | None, n_tokens: torch.Tensor
+                     ) -> tuple[torch.Tensor, TokenScores]:
     """Loss of one micro-batch, already divided by the step's token count (accumulation-safe)."""
-    loss_cfg = t.cfg.loss
-    scores = score_tokens(t.student, rollout, t.teacher, loss_cfg.kind, loss_cfg.beta,
-                          loss_cfg.chunk_tokens, teacher_hidden)
+    loss_cfg, method = t.cfg.loss, t.cfg.train.method
+    kind = loss_cfg.kind if method == "opd" else "sampled_rkl"  # rl/sft need sampled-token log-probs only
+    scores = score_tokens(t.student, rollout, t.scored_against(), kind, loss_cfg.beta,
+                          loss_cfg.chunk_tokens, frozen_hidden)
     mask = rollout.completion_mask[:, 1:].to(scores.student_logprobs.dtype)  # (B, T-1) predicts ids[:, 1:]
-    if t.cfg.train.method == "sft":
+    if method == "sft":
         return masked_sum_loss(-scores.student_logprobs, mask, n_tokens), scores
-    if loss_cfg.kind == "sampled_rkl":
+    if method == "rl":
+        per_token_advantages = advantages[:, None].expand_as(scores.student_logprobs)  # (B, T-1)
+        loss = clipped_policy_loss(scores.student_logprobs, per_token_advantages, mask, n_tokens,
+                                   loss_cfg.clip_eps)
+        if scores.teacher_logprobs is not None:  # the reference model's, for the KL penalty
+            penalty = k3_kl(scores.student_logprobs, scores.teacher_logprobs)
+            loss = loss + loss_cfg.kl_coef * masked_sum_loss(penalty, mask, n_tokens)
+        return loss, scores
+    if kind == "sampled_rkl":
         loss = sampled_token_loss(scores.student_logprobs, scores.teacher_logprobs, mask, n_tokens,
                                   loss_cfg.clip_eps)
         return loss, scores
@@ -122,17 +149,23 @@ def micro_batch_loss(t: Trainer, rollout: Rollout, teacher_hidden: torch.Tensor 
 def train_step(t: Trainer, step: int) -> dict[str, float]:
     """One optimizer step: rollout -> teacher scoring -> student update. Returns plain floats."""
     started = time.perf_counter()
-    rollout = make_rollout(t, step)
+    batch = make_batch(t, step)
+    rollout = batch.rollout
     rollout_s = time.perf_counter()
-    teacher_hidden = teacher_hidden_states(t.teacher, rollout) if t.teacher is not None else None
+    target = t.scored_against()
+    frozen_hidden = teacher_hidden_states(target, rollout) if target is not None else None
     teacher_s = time.perf_counter()
+    advantages = None
+    if batch.rewards is not None:
+        advantages = group_advantages(batch.rewards, t.cfg.rollout.group_size)  # (B·G,)
     mask = rollout.completion_mask[:, 1:]  # (B, T-1)
     n_tokens = mask.sum().clamp(min=1)
     totals = {"loss": 0.0, "kl_sum": 0.0}
     for rows in torch.arange(rollout.ids.shape[0]).tensor_split(t.cfg.train.micro_batches):
         part = slice(int(rows[0]), int(rows[-1]) + 1)
-        hidden_part = None if teacher_hidden is None else teacher_hidden[part]
-        loss, scores = micro_batch_loss(t, rollout.rows(part), hidden_part, n_tokens)
+        hidden_part = None if frozen_hidden is None else frozen_hidden[part]
+        advantages_part = None if advantages is None else advantages[part]
+        loss, scores = micro_batch_loss(t, rollout.rows(part), advantages_part, hidden_part, n_tokens)
         loss.backward()
         totals["loss"] += loss.item()
         if scores.teacher_logprobs is not None:
@@ -151,8 +184,10 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
         "time/rollout_s": rollout_s - started, "time/teacher_s": teacher_s - rollout_s,
         "time/student_s": finished - teacher_s, "tokens/completion": float(n_tokens),
     }
-    if t.teacher is not None:
-        stats["kl/mean"] = totals["kl_sum"] / float(n_tokens)  # k1 estimate of per-token reverse KL
+    if target is not None:  # k1 estimate of the per-token KL to the teacher (opd) or reference (rl)
+        stats["kl/mean"] = totals["kl_sum"] / float(n_tokens)
+    if batch.rewards is not None:
+        stats["reward/mean"] = float(batch.rewards.mean())
     return stats
 
 
@@ -203,6 +238,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
     start_step, checkpoint = resume_point(cfg.train.out_dir, cfg, resume, overwrite)
     t = setup(cfg, student_dir=checkpoint)
     init_run_dir(cfg.train.out_dir, cfg, overwrite)
+    if t.teacher_cache is not None:  # re-read: --overwrite may just have emptied the folder
+        t.teacher_cache = TeacherCompletions(cfg.train.out_dir)
     effopd = make_effopd(t)
     if checkpoint is not None:
         restore(t, effopd, checkpoint)

@@ -1,0 +1,98 @@
+"""Where a step's completions come from: the only place the three methods differ before the loss.
+
+  opd -- the student samples one completion per prompt (on-policy)
+  rl  -- the student samples G completions per prompt; the task's verifier gives each a reward
+  sft -- the task's worked solutions, or the teacher's samples (cached in the run folder so that a
+         resumed run trains on exactly the same data without generating it again)
+Prompts and sampling seeds come from (run seed, step) only, so every step is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from foresight.config import Config
+from foresight.errors import UserError
+from foresight.opd.rollout import Rollout, decode_completions, sample, teacher_forced
+from foresight.tasks import Example, Task
+
+
+def stream_seed(seed: int, step: int, stream: int) -> int:
+    """Independent, reproducible seeds per (run seed, step, stream):
+    0 = data order, 1 = student sampling, 2 = EffOPD validation prompts, 3 = teacher sampling."""
+    return (seed * 1_000_003 + step) * 4 + stream
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    rollout: Rollout
+    rewards: torch.Tensor | None  # (B·G,) verifier rewards in {0, 1}, rl only
+
+
+class TeacherCompletions:
+    """Teacher samples per step, appended to RUN/teacher_completions.jsonl and read back on resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "teacher_completions.jsonl"
+        self.by_step: dict[int, list[str]] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.by_step[record["step"]] = record["completions"]
+
+    def get(self, step: int, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+            prompts: list[str], cfg: Config) -> list[str]:
+        if step not in self.by_step:
+            generator = torch.Generator().manual_seed(stream_seed(cfg.train.seed, step, 3))
+            rollout = sample(teacher, tokenizer, prompts, cfg.rollout.max_new_tokens,
+                             cfg.rollout.temperature, generator)
+            self.by_step[step] = decode_completions(tokenizer, rollout)
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"step": step, "completions": self.by_step[step]}) + "\n")
+        return self.by_step[step]
+
+
+def step_examples(task: Task, cfg: Config, step: int) -> list[Example]:
+    return task.sample("train", cfg.rollout.prompts_per_step, stream_seed(cfg.train.seed, step, 0))
+
+
+def student_batch(student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+                  examples: list[Example], cfg: Config, step: int) -> StepBatch:
+    """On-policy samples; for rl, G per prompt (rows grouped by prompt) with their rewards."""
+    group = cfg.rollout.group_size
+    prompts = [e.prompt for e in examples for _ in range(group)]
+    generator = torch.Generator().manual_seed(stream_seed(cfg.train.seed, step, 1))
+    student.eval()  # sampling: no dropout, no autograd
+    rollout = sample(student, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
+                     generator)
+    student.train()
+    if cfg.train.method != "rl":
+        return StepBatch(rollout, None)
+    answers = [e.answer for e in examples for _ in range(group)]
+    completions = decode_completions(tokenizer, rollout)
+    rewards = torch.tensor([float(task.verify(c, a)) for c, a in zip(completions, answers)])  # (B·G,)
+    return StepBatch(rollout, rewards)
+
+
+def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, examples: list[Example], cfg: Config,
+              step: int, teacher: PreTrainedModel | None, cache: TeacherCompletions | None) -> StepBatch:
+    prompts = [e.prompt for e in examples]
+    if cfg.train.sft_source == "solutions":
+        if not all(e.solution for e in examples):
+            raise UserError("SFT on solutions needs a 'solution' on every training example; add it to "
+                            "the JSONL file or set train.sft_source=teacher.")
+        return StepBatch(teacher_forced(tokenizer, prompts, [e.solution for e in examples]), None)
+    completions = cache.get(step, teacher, tokenizer, prompts, cfg)
+    rollout = teacher_forced(tokenizer, prompts, completions)
+    if cfg.train.sft_verified_only:
+        # Rejected rows stay in the batch with no trained token, so shapes never depend on luck.
+        kept = torch.tensor([task.verify(c, e.answer) for c, e in zip(completions, examples)])  # (B,)
+        rollout = Rollout(rollout.ids, rollout.attention_mask, rollout.position_ids,
+                          rollout.completion_mask * kept[:, None].long(), rollout.prompt_width)
+    return StepBatch(rollout, None)
