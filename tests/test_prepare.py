@@ -18,15 +18,15 @@ from foresight.tasks import load_task
 
 @pytest.mark.slow
 def test_short_prepare_run_beats_chance(tmp_path):
-    task_cfg = TaskConfig(name="modchain")
-    summary = prepare_task(task_cfg, tmp_path / "modchain", base_steps=10, teacher_steps=120)
+    task_cfg = TaskConfig(name="arith", difficulty=2)
+    summary = prepare_task(task_cfg, tmp_path / "arith", base_steps=10, teacher_steps=100)
     answers = [e.answer for e in load_task(task_cfg).sample("test", 500, 0)]
     majority_rate = Counter(answers).most_common(1)[0][1] / len(answers)  # best constant guess
     assert summary["teacher_accuracy"] > 1.5 * majority_rate, summary
     for role in ("base", "teacher"):
-        assert (tmp_path / "modchain" / role / "model.safetensors").is_file()
-        assert (tmp_path / "modchain" / role / "tokenizer.json").is_file()
-    assert json.loads((tmp_path / "modchain" / "prepare.json").read_text()) == summary
+        assert (tmp_path / "arith" / role / "model.safetensors").is_file()
+        assert (tmp_path / "arith" / role / "tokenizer.json").is_file()
+    assert json.loads((tmp_path / "arith" / "prepare.json").read_text()) == summary
 
 
 def test_jsonl_task_without_solutions_is_refused(tmp_path):

@@ -130,11 +130,12 @@ def check_resumable_config(run_dir: Path, cfg: Config) -> None:
         raise UserError(f"{run_dir} has no config.yaml, so it is not a foresight run; pick its run folder.")
     saved = load_config(saved_path).model_dump(mode="json")
     given = cfg.model_dump(mode="json")
-    for section in ("train", "eval", "log"):
-        for key in ("steps", "every", "n_prompts", "tensorboard", "progress", "checkpoint_every",
-                    "checkpoint_at", "threads", "batch_size", "sampled", "split", "teacher_kl"):
-            saved[section].pop(key, None)
-            given[section].pop(key, None)
+    # What may change on resume: the step budget and how the run is watched, not what it computes.
+    for config in (saved, given):
+        for section in ("eval", "log", "dynamics"):
+            config.pop(section)
+        for key in ("steps", "checkpoint_every", "checkpoint_at", "threads"):
+            config["train"].pop(key)
     if saved != given:
         changed = sorted(f"{s}.{k}" for s in saved for k in saved[s]
                          if isinstance(saved[s], dict) and saved[s].get(k) != given[s].get(k))

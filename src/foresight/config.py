@@ -108,104 +108,6 @@ class LogConfig(Section):
     progress: bool = Field(True, description="Show the live progress bar.")
 
 
-class EffOPDConfig(Section):
-    enabled: bool = Field(False, description="Run the EffOPD extrapolation search during training.")
-    schedule: Literal["pow2", "every"] = Field(
-        "pow2", description="pow2: search after steps 1, 2, 4, 8, ... (paper); every: every N steps."
-    )
-    every: int = Field(8, ge=1, description="N of the 'every' schedule.")
-    multipliers: list[float] = Field(
-        [2.0, 4.0, 6.0, 8.0, 10.0], description="Candidates W_t + m·Δ tried in order (paper: 2k)."
-    )
-    accept: Literal["ge", "gt"] = Field(
-        "ge", description="Accept when the score is >= (paper) or > (official code) the best so far."
-    )
-    signal: Literal["accuracy", "kl"] = Field(
-        "accuracy",
-        description="accuracy: one T=1 sample per prompt, verified (paper); kl: minus the "
-        "full-vocabulary reverse KL to the teacher on completions sampled once per search.",
-    )
-    n_prompts: int = Field(50, ge=1, description="Validation prompts, fixed for the run (paper: 50).")
-    modules: list[str] = Field(
-        ["q", "k", "v", "o", "gate", "up", "down"],
-        description="Module kinds extrapolated (attention and MLP weights, as in the paper).",
-    )
-
-
-class Config(Section):
-    model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    loss: LossConfig = LossConfig()
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    log: LogConfig = LogConfig()
-    effopd: EffOPDConfig = EffOPDConfig()
-
-    @model_validator(mode="after")
-    def _sections_agree(self) -> Config:
-        if self.train.micro_batches > self.rollout.prompts_per_step:
-            raise ValueError("train.micro_batches cannot exceed rollout.prompts_per_step")
-        if self.effopd.enabled and self.effopd.signal == "kl" and self.train.method != "opd":
-            raise ValueError("effopd.signal 'kl' needs a teacher, so train.method must be 'opd'")
-        if self.rollout.group_size > 1 and self.train.method != "rl":
-            raise ValueError("rollout.group_size > 1 is for train.method 'rl' (GRPO) only")
-        if self.loss.kl_coef > 0 and self.train.method != "rl":
-            raise ValueError("loss.kl_coef is the RL penalty; set it only with train.method 'rl'")
-        return self
-
-
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3, 1e-4, true)."""
-    if "=" not in assignment:
-        raise UserError(f"Override '{assignment}' has no '='; write it as --set section.key=value.")
-    dotted, text = assignment.split("=", 1)
-    keys = dotted.strip().split(".")
-    node = raw
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise UserError(f"Override '{assignment}' goes through a non-section key '{key}'.")
-    node[keys[-1]] = yaml.safe_load(text)
-
-
-def describe_error(err: ValidationError, source: str) -> str:
-    """One sentence for the first pydantic error: which key, what is wrong, how to fix it."""
-    first = err.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{where}'; remove it or fix its spelling."
-    if first["type"] == "value_error":  # our own cross-field checks already name the keys
-        return f"{source}: {first['msg'].removeprefix('Value error, ')}; fix the config and rerun."
-    return f"{source}: '{where}' is invalid ({first['msg']}); correct the value and rerun."
-
-
-def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
-    """Load a YAML config (or the defaults when path is None), apply overrides and validate it."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise UserError(f"Config file {path} does not exist; pass the path of a YAML file.")
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix it.") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{path} must hold a mapping of sections; see configs/tiny.yaml.")
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(describe_error(err, str(path or "config"))) from None
-
-
-def config_to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML (written to the run folder and to every checkpoint)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
 class DynamicsConfig(Section):
     name_pattern: str | None = Field(
         None,
@@ -273,3 +175,102 @@ class DynamicsConfig(Section):
         if any(k < 1 for k in [*self.energy_top_k, *self.overlap_k]):
             raise ValueError("energy_top_k and overlap_k values must be at least 1")
         return self
+
+
+class EffOPDConfig(Section):
+    enabled: bool = Field(False, description="Run the EffOPD extrapolation search during training.")
+    schedule: Literal["pow2", "every"] = Field(
+        "pow2", description="pow2: search after steps 1, 2, 4, 8, ... (paper); every: every N steps."
+    )
+    every: int = Field(8, ge=1, description="N of the 'every' schedule.")
+    multipliers: list[float] = Field(
+        [2.0, 4.0, 6.0, 8.0, 10.0], description="Candidates W_t + m·Δ tried in order (paper: 2k)."
+    )
+    accept: Literal["ge", "gt"] = Field(
+        "ge", description="Accept when the score is >= (paper) or > (official code) the best so far."
+    )
+    signal: Literal["accuracy", "kl"] = Field(
+        "accuracy",
+        description="accuracy: one T=1 sample per prompt, verified (paper); kl: minus the "
+        "full-vocabulary reverse KL to the teacher on completions sampled once per search.",
+    )
+    n_prompts: int = Field(50, ge=1, description="Validation prompts, fixed for the run (paper: 50).")
+    modules: list[str] = Field(
+        ["q", "k", "v", "o", "gate", "up", "down"],
+        description="Module kinds extrapolated (attention and MLP weights, as in the paper).",
+    )
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+    effopd: EffOPDConfig = EffOPDConfig()
+    dynamics: DynamicsConfig = DynamicsConfig()
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Config:
+        if self.train.micro_batches > self.rollout.prompts_per_step:
+            raise ValueError("train.micro_batches cannot exceed rollout.prompts_per_step")
+        if self.effopd.enabled and self.effopd.signal == "kl" and self.train.method != "opd":
+            raise ValueError("effopd.signal 'kl' needs a teacher, so train.method must be 'opd'")
+        if self.rollout.group_size > 1 and self.train.method != "rl":
+            raise ValueError("rollout.group_size > 1 is for train.method 'rl' (GRPO) only")
+        if self.loss.kl_coef > 0 and self.train.method != "rl":
+            raise ValueError("loss.kl_coef is the RL penalty; set it only with train.method 'rl'")
+        return self
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3, 1e-4, true)."""
+    if "=" not in assignment:
+        raise UserError(f"Override '{assignment}' has no '='; write it as --set section.key=value.")
+    dotted, text = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise UserError(f"Override '{assignment}' goes through a non-section key '{key}'.")
+    node[keys[-1]] = yaml.safe_load(text)
+
+
+def describe_error(err: ValidationError, source: str) -> str:
+    """One sentence for the first pydantic error: which key, what is wrong, how to fix it."""
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{where}'; remove it or fix its spelling."
+    if first["type"] == "value_error":  # our own cross-field checks already name the keys
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}; fix the config and rerun."
+    return f"{source}: '{where}' is invalid ({first['msg']}); correct the value and rerun."
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when path is None), apply overrides and validate it."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise UserError(f"Config file {path} does not exist; pass the path of a YAML file.")
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix it.") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path} must hold a mapping of sections; see configs/tiny.yaml.")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(describe_error(err, str(path or "config"))) from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (written to the run folder and to every checkpoint)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

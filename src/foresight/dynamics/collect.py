@@ -39,6 +39,22 @@ class Clock:
             self.seconds[name] += time.perf_counter() - start
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block on `threads` torch CPU threads (0: leave as is), then restore the setting.
+
+    Why: with MKL's OpenMP threads on a machine shared with other jobs (a training run, say), the
+    threads spin against them and a small SVD can take 10-100x longer than on one thread.
+    """
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class Collected:
     """The tidy per-tensor table, the per-tensor trajectory PCA table and where the time went."""
@@ -61,13 +77,15 @@ def collect(
     clock = Clock()
     per_tensor: list[list[Row]] = []
     trajectory: list[Row] = []
-    for info in infos:
-        rows, leading = _tensor_rows(info, base, series, cfg, clock)
-        per_tensor.append(rows)
-        if len(info.shape) == 2:
-            with clock.phase("time/direction_s"):
-                pca = trajectory_pca(leading)
-            trajectory.append({"module": info.name, "layer": info.layer, "kind": info.kind, **pca})
+    with torch_threads(cfg.threads):
+        for info in infos:
+            rows, leading = _tensor_rows(info, base, series, cfg, clock)
+            per_tensor.append(rows)
+            if len(info.shape) == 2:
+                with clock.phase("time/direction_s"):
+                    pca = trajectory_pca(leading)
+                row = {"module": info.name, "layer": info.layer, "kind": info.kind}
+                trajectory.append({**row, **pca})
     # Regroup checkpoint-major so each step's rows are contiguous and in the same tensor order.
     modules = [rows[i] for i in range(len(series)) for rows in per_tensor]
     return Collected(modules, trajectory, dict(clock.seconds))

@@ -232,8 +232,16 @@ def restore(t: Trainer, effopd: EffOPD | None, checkpoint: Path) -> None:
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
     """Run (or resume) a training run; returns the run folder."""
+    threads_before = torch.get_num_threads()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    try:
+        return _train(cfg, resume, overwrite)
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
+
+
+def _train(cfg: Config, resume: bool, overwrite: bool) -> Path:
     # Everything that can reject the input runs before the run folder is touched.
     start_step, checkpoint = resume_point(cfg.train.out_dir, cfg, resume, overwrite)
     t = setup(cfg, student_dir=checkpoint)

@@ -1,0 +1,145 @@
+"""`foresight analyze`: the weight-dynamics report of a run or of any series of HF checkpoints.
+
+    foresight analyze RUN --out DIR                      # RUN/checkpoints/step-XXXXXX
+    foresight analyze BASE CKPT_1 ... CKPT_N --out DIR   # steps from the folder names
+    foresight analyze --compare RUN_A RUN_B --out DIR    # a report per run + comparison
+    foresight analyze RUN --probes --set dynamics.window=4
+
+The main app registers `analyze_command` with `app.command("analyze")(analyze_command)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from foresight.config import DynamicsConfig, TaskConfig, apply_override, describe_error
+from foresight.errors import UserError
+
+# torch, matplotlib and the analysis modules are imported inside the functions: the CLI imports
+# this module at startup to register the command, and `foresight --help` should not pay for them.
+
+
+def analyze_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="RUN, or BASE CKPT..., or with --compare several RUN folders."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write.")] = Path(
+        "runs/analysis"
+    ),
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            help="Base model folder of run folders (default: their config's model.student)."
+        ),
+    ] = None,
+    compare_runs: Annotated[
+        bool, typer.Option("--compare", help="Every path is a run; plot them on the same axes.")
+    ] = False,
+    probes: Annotated[
+        bool, typer.Option("--probes", help="Also run the functional probes through a task scorer.")
+    ] = False,
+    task: Annotated[
+        str | None, typer.Option(help="Task that scores the probes (default: the run's task).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: dynamics.key=value.")
+    ] = None,
+) -> None:
+    """Measure what training did to the weights: metrics, tables, figures and report.html."""
+    from foresight.dynamics.analysis import compare
+
+    console = Console()
+    if compare_runs:
+        reports = {}
+        for run in paths:
+            if run.name in reports:
+                raise UserError(f"Two runs are named '{run.name}'; rename one folder or copy it.")
+            reports[run.name] = out / run.name
+            _analyze_one([run], reports[run.name], base, probes, task, overrides, console)
+        compare(reports, out)
+        console.print(f"comparison of {len(reports)} runs: {out / 'report.html'}")
+        return
+    _analyze_one(paths, out, base, probes, task, overrides, console)
+
+
+def _analyze_one(
+    paths: list[Path],
+    out: Path,
+    base: Path | None,
+    probes: bool,
+    task: str | None,
+    overrides: list[str] | None,
+    console: Console,
+) -> None:
+    from foresight.dynamics.analysis import analyze
+    from foresight.dynamics.reading import checkpoints_of, run_config, step_of
+
+    run_cfg: dict[str, Any] = {}
+    if len(paths) == 1:
+        checkpoints = checkpoints_of(paths[0])
+        # With --base a run folder from another trainer may lack our config.yaml.
+        has_config = (paths[0] / "config.yaml").is_file()
+        run_cfg = run_config(paths[0]) if base is None or has_config else {}
+        base = base or _run_base(run_cfg, paths[0])
+    else:
+        if base is not None:
+            raise UserError("Pass the base either as the first path or with --base, not both.")
+        base, checkpoints = paths[0], [(step_of(path), path) for path in paths[1:]]
+    cfg = _dynamics_config(run_cfg.get("dynamics") or {}, overrides or [])
+    scorer = _scorer(run_cfg, task, base, cfg) if probes else None
+    summary = analyze(base, checkpoints, out, cfg, scorer)
+    final = summary["overall"][-1]
+    console.print(
+        f"{len(checkpoints)} checkpoints of {base}: final top-1% energy "
+        f"{_fmt(final.get('dynamics/top1pct_energy'))}, effective rank "
+        f"{_fmt(final.get('dynamics/effective_rank'))}; report: {out / 'report.html'}"
+    )
+
+
+def _run_base(run_cfg: dict[str, Any], run_dir: Path) -> Path:
+    student = (run_cfg.get("model") or {}).get("student")
+    if not student or not Path(student).is_dir():
+        raise UserError(
+            f"The base model of run {run_dir} ({student}) is not a folder here; "
+            "pass it with --base."
+        )
+    return Path(student)
+
+
+def _dynamics_config(raw: dict[str, Any], overrides: list[str]) -> DynamicsConfig:
+    tree = {"dynamics": dict(raw)}
+    for assignment in overrides:
+        if not assignment.startswith("dynamics."):
+            raise UserError(
+                f"Override '{assignment}' is not a dynamics setting; "
+                "write --set dynamics.key=value."
+            )
+        apply_override(tree, assignment)
+    try:
+        return DynamicsConfig.model_validate(tree["dynamics"])
+    except ValidationError as err:
+        raise UserError(describe_error(err, "dynamics settings")) from None
+
+
+def _scorer(run_cfg: dict[str, Any], task: str | None, base: Path, cfg: DynamicsConfig):
+    """The task's Scorer (foresight.dynamics.patch.Scorer) for the probes."""
+    from foresight.evaluate import task_scorer
+
+    if task is None and "task" not in run_cfg:
+        raise UserError("--probes needs a task to score with; pass --task NAME.")
+    try:
+        task_cfg = TaskConfig(name=task) if task else TaskConfig.model_validate(run_cfg["task"])
+    except ValidationError as err:
+        raise UserError(describe_error(err, "task")) from None
+    teacher = (run_cfg.get("model") or {}).get("teacher")
+    return task_scorer(task_cfg, base, cfg.n_prompts, Path(teacher) if teacher else None)
+
+
+def _fmt(value: object) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"

@@ -1,0 +1,256 @@
+"""report.html from the report folder's tables and figures alone.
+
+`render(report_dir)` reads the CSV tables, redraws every figure into report_dir/figures/ and writes
+one self-contained report.html: figures are embedded as base64 data URIs (the PNG files stay
+beside it too), each with a two-sentence explanation for a reader who has not read the paper.
+No SVD is recomputed, so `render` re-renders a report in seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from foresight.dynamics.plots import compare_figures, make_figures
+from foresight.dynamics.tables import read_csv
+
+Tables = dict[str, list[dict[str, object]]]
+
+TABLES = ("modules", "overall", "kinds", "layers", "trajectory")
+PROBE_TABLES = ("reference", "scaling", "embedding_swap", "window", "truncation", "rescaling")
+
+# figure stem -> (title, explanation). dW is a weight's change from the base model.
+EXPLANATIONS = {
+    "metric_frobenius_rel": (
+        "Relative update size",
+        (
+            "How far each weight matrix moved from the base model, as a fraction of its own size. "
+            "Left: the mean over attention and MLP matrices and each module kind through training; "
+            "right: the same per layer, one line per checkpoint."
+        ),
+    ),
+    "metric_spectral_norm": (
+        "Spectral norm",
+        (
+            "The largest singular value of the update, i.e. how much it can stretch any single "
+            "input direction. It grows as training pushes consistently along one direction."
+        ),
+    ),
+    "metric_spectral_ratio": (
+        "Spectral ratio",
+        (
+            "The largest singular value divided by the update's total (Frobenius) size; 1 means the"
+            " whole update is a single rank-1 direction. High values say the update is concentrated"
+            " in very few directions."
+        ),
+    ),
+    "metric_effective_rank": (
+        "Effective rank",
+        (
+            "The exponential of the entropy of the normalised singular values: roughly, how many "
+            "directions the update really uses. The paper finds on-policy distillation's updates "
+            "10-20% lower in effective rank than RL's."
+        ),
+    ),
+    "metric_top1pct_energy": (
+        "Top-1% energy ratio",
+        (
+            "The share (square root of the squared-norm share) of the update carried by its top 1% "
+            "of singular directions. Values near 1 mean a tiny fraction of directions holds nearly "
+            "all of the change; the paper reports 92-95% for on-policy distillation."
+        ),
+    ),
+    "metric_alignment": (
+        "Alignment with the final update",
+        (
+            "For the top 20 singular directions, the mean absolute cosine between each checkpoint's"
+            " k-th direction and the final update's k-th. If it is high early in training, the "
+            "final direction was already visible early, which is what makes extrapolation (EffOPD) "
+            "possible."
+        ),
+    ),
+    "family_energy": (
+        "Energy in the top-k directions",
+        (
+            "The share of the update's squared size held by its k largest singular directions, for "
+            "several k. Curves close to 1 at small k mean a low-rank update."
+        ),
+    ),
+    "family_sparsity_abs": (
+        "Coordinate sparsity (absolute)",
+        (
+            "The share of individual weights whose change is below a fixed threshold. A high share "
+            "means the update is small in most coordinates even if it is not low-rank."
+        ),
+    ),
+    "family_sparsity_rel": (
+        "Coordinate sparsity (relative)",
+        (
+            "The share of individual weights whose change is below a fraction of the base weights' "
+            "typical (RMS) size. It makes layers of different scale comparable."
+        ),
+    ),
+    "family_overlap": (
+        "Subspace overlap with the final update",
+        (
+            "How much of the space spanned by a checkpoint's top-k singular directions lies in the "
+            "final update's top-k space (1 = the same space, near 0 = unrelated). Unlike the "
+            "alignment it ignores the order of directions inside the space."
+        ),
+    ),
+    "allocation_kinds": (
+        "Where the update goes: module kinds",
+        (
+            "Each module kind's share of the total squared update at each checkpoint. The paper "
+            "finds on-policy distillation spends little on embeddings and more on MLPs than "
+            "attention."
+        ),
+    ),
+    "allocation_layers": (
+        "Where the update goes: layers",
+        (
+            "Each layer's share of the total squared update (left, one line per checkpoint) and its"
+            " split between attention and MLP at the final checkpoint (right). The paper reads a "
+            "concentration in the middle layers as effort spent where reasoning happens."
+        ),
+    ),
+    "allocation_spearman": (
+        "How early the allocation settles",
+        (
+            "The Spearman rank correlation between each checkpoint's per-module update shares and "
+            "the final checkpoint's. Values near 1 early on mean training decided where to put its "
+            "update long before it finished."
+        ),
+    ),
+    "trajectory_pca": (
+        "Trajectory of the top direction",
+        (
+            "For each module, the top singular direction at every checkpoint is treated as a point,"
+            " and PCA says how much of its movement lies along one or two axes. Values near 1 mean "
+            "the direction drifted along a simple path rather than wandering."
+        ),
+    ),
+    "probe_scaling": (
+        "Scaling the final update",
+        (
+            "The final update multiplied by alpha from 0 (base model) to 1 (final model), scored "
+            "against its size. It is the reference curve: how much score a given amount of update "
+            "buys along the true direction."
+        ),
+    ),
+    "probe_embedding_swap": (
+        "Embedding swap",
+        (
+            "The final model with its token embeddings (or its output head) put back to the base "
+            "model's. A small drop says the embedding update contributed little to the gain."
+        ),
+    ),
+    "probe_window": (
+        "Sliding-window intervention",
+        (
+            "Only the MLP (or only the attention) update of layers l-w..l+w is applied to the base "
+            "model, for every centre layer l; bars show each layer's own update size. Where the "
+            "score rises, those layers carry the useful part of the update (the paper's marginal "
+            "utility)."
+        ),
+    ),
+    "probe_truncation": (
+        "Rank truncation",
+        (
+            "Each matrix's update keeps only its top (or bottom) k% of singular directions, "
+            "rescaled to the full update's size. The paper finds the top 10% recovers over 95% of "
+            "the gain while the bottom directions recover little."
+        ),
+    ),
+    "probe_rescaling": (
+        "Rescaling early checkpoints",
+        (
+            "Each checkpoint's update, module by module, stretched towards the final update's size "
+            "(beta = 1 matches it fully), as the share of the final gain it recovers. A high value "
+            "early says the direction was right and only the step length was missing."
+        ),
+    ),
+    "compare_overall": (
+        "Runs compared",
+        (
+            "The main summary metrics of several runs against training progress on shared axes. "
+            "Differences in shape show how the training methods reshape the update."
+        ),
+    ),
+    "compare_layers": (
+        "Runs compared: allocation per layer",
+        (
+            "Each run's share of the squared update per layer at its final checkpoint, overall and "
+            "for MLPs. It shows which run spends its update in which layers."
+        ),
+    ),
+}
+
+
+def load_tables(report_dir: Path) -> Tables:
+    """The tables a report folder holds; probe tables under `probe_<name>` when present."""
+    tables = {name: read_csv(report_dir / f"{name}.csv") for name in TABLES}
+    for name in PROBE_TABLES:
+        path = report_dir / "probes" / f"{name}.csv"
+        if path.is_file():
+            tables[f"probe_{name}"] = read_csv(path)
+    return tables
+
+
+def render(report_dir: Path) -> list[str]:
+    """Redraw the figures and write report_dir/report.html; returns the figure file names."""
+    tables = load_tables(report_dir)
+    stems = make_figures(tables, report_dir / "figures")
+    steps = sorted({row["step"] for row in tables["overall"]})
+    intro = (
+        f"{len(steps)} checkpoints (steps {', '.join(map(str, steps))}) compared with the base "
+        "model. Each figure shows a property of the update dW = W_t - W_base, the change training "
+        "made to the weights. Tables: modules.csv (one row per checkpoint and tensor), "
+        "overall.csv, "
+        "kinds.csv, layers.csv, trajectory.csv; schema in docs/metrics.md."
+    )
+    _write_html(report_dir, "Weight dynamics report", intro, stems, _summary(tables["overall"]))
+    return [f"figures/{stem}.png" for stem in stems]
+
+
+def render_compare(report_dirs: dict[str, Path], out_dir: Path) -> list[str]:
+    """Figures and report.html comparing several runs' report folders on the same axes."""
+    runs = {label: load_tables(path) for label, path in report_dirs.items()}
+    stems = compare_figures(runs, out_dir / "figures")
+    intro = "Runs: " + ", ".join(f"{label} ({path})" for label, path in report_dirs.items()) + "."
+    _write_html(out_dir, "Weight dynamics: runs compared", intro, stems, "")
+    return [f"figures/{stem}.png" for stem in stems]
+
+
+def _summary(overall: list[dict[str, object]]) -> str:
+    """The final checkpoint's overall row as a small HTML table."""
+    if not overall:
+        return ""
+    final = overall[-1]
+    cells = "".join(
+        f"<tr><td>{html.escape(key)}</td><td>{value:.4g}</td></tr>"
+        for key, value in final.items()
+        if key.startswith("dynamics/") and isinstance(value, float)
+    )
+    return f"<h2>Final checkpoint (step {final['step']})</h2><table>{cells}</table>"
+
+
+def _write_html(out_dir: Path, title: str, intro: str, stems: list[str], extra: str) -> None:
+    sections = []
+    for stem in stems:
+        heading, text = EXPLANATIONS[stem]
+        data = base64.b64encode((out_dir / "figures" / f"{stem}.png").read_bytes()).decode()
+        sections.append(
+            f"<section><h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>"
+            f'<img alt="{stem}" src="data:image/png;base64,{data}"></section>'
+        )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "img{max-width:100%}td{padding:0 1em}section{margin-bottom:2em}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>{extra}"
+        + "".join(sections)
+        + "</body></html>"
+    )
+    (out_dir / "report.html").write_text(page)
