@@ -50,11 +50,12 @@ def demo(
     config: Annotated[Path, typer.Option(help="Demo config.")] = Path("configs/demo.yaml"),
     set_: SetOption = [],
     out: Annotated[Path, typer.Option(help="Run folder (a free name is picked if taken).")] = Path("runs/demo"),
+    effopd: Annotated[bool, typer.Option(help="Also run EffOPD beside plain OPD.")] = True,
 ) -> None:
     """Distill the committed base toward the committed teacher and print the accuracies."""
     from foresight.demo import run_demo
 
-    run_demo(config, set_, out)
+    run_demo(config, set_, out, effopd)
 
 
 @app.command()
@@ -92,9 +93,9 @@ def eval_(
     task: Annotated[str, typer.Option(help="Embedded task name or a JSONL file.")] = "arith",
     verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
     split: str = "test",
-    n: Annotated[int, typer.Option(help="Held-out prompts.")] = 500,
+    n: Annotated[int, typer.Option(min=1, help="Held-out prompts.")] = 500,
     teacher: Annotated[Path | None, typer.Option(help="Also report reverse KL to this teacher.")] = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
     """Accuracy of a model on a task's held-out split (and KL to a teacher)."""
     import json

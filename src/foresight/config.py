@@ -24,7 +24,9 @@ class ModelConfig(Section):
     teacher: Path | None = Field(
         Path("models/arith/teacher"), description="Teacher model folder; null for RL/SFT-free runs."
     )
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Student weight dtype.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Student compute dtype; bfloat16 = autocast over float32 weights."
+    )
     teacher_dtype: Literal["float32", "bfloat16"] = Field("float32", description="Teacher dtype.")
     device: str = Field("cpu", description="Student device, e.g. cpu or cuda:0.")
     teacher_device: str = Field("cpu", description="Teacher device (may differ from the student's).")
@@ -69,10 +71,17 @@ class LossConfig(Section):
 class OptimConfig(Section):
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas, each in [0, 1).")
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     schedule: Literal["constant", "cosine"] = Field("constant", description="LR after warm-up.")
+
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> OptimConfig:
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError("optim.betas must both lie in [0, 1)")
+        return self
 
 
 class TrainConfig(Section):
@@ -221,6 +230,11 @@ class Config(Section):
             raise ValueError("effopd.signal 'kl' needs a teacher, so train.method must be 'opd'")
         if self.rollout.group_size > 1 and self.train.method != "rl":
             raise ValueError("rollout.group_size > 1 is for train.method 'rl' (GRPO) only")
+        if self.train.method == "rl" and self.rollout.group_size < 2:
+            raise ValueError("train.method 'rl' needs rollout.group_size >= 2 (a group of one has "
+                             "zero advantage)")
+        if any(m <= 0 for m in self.effopd.multipliers):
+            raise ValueError("effopd.multipliers must all be positive")
         if self.loss.kl_coef > 0 and self.train.method != "rl":
             raise ValueError("loss.kl_coef is the RL penalty; set it only with train.method 'rl'")
         return self
@@ -237,7 +251,10 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise UserError(f"Override '{assignment}' goes through a non-section key '{key}'.")
-    node[keys[-1]] = yaml.safe_load(text)
+    try:
+        node[keys[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"Override '{assignment}' has a value that is not valid YAML; quote or fix it.") from None
 
 
 def describe_error(err: ValidationError, source: str) -> str:

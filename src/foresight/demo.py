@@ -1,7 +1,8 @@
 """The demo: OPD from the committed base toward the committed teacher on one embedded task.
 
-Evaluates base and teacher on the test split, distills, evaluates the student, and writes
-RUN/summary.json plus a table on the console.
+Evaluates base and teacher on the test split, distills (plain OPD in RUN/opd, and the same run with
+EffOPD as published in RUN/effopd), evaluates the students, and writes RUN/summary.json plus a
+table on the console.
 
 Run: foresight demo            (or `make demo` from a fresh clone)
 """
@@ -16,7 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from foresight.config import Config, load_config
+from foresight.errors import UserError
 from foresight.evaluate import evaluate
+from foresight.log import read_metrics
 from foresight.models import load_model, load_tokenizer
 from foresight.opd.train import train
 from foresight.tasks import load_task
@@ -40,36 +43,55 @@ def test_accuracy(cfg: Config, folder: Path, role: str) -> float:
     return scores["eval/accuracy"]
 
 
-def run_demo(config_path: Path, overrides: list[str], out_dir: Path) -> dict[str, float | int | str]:
+def distill(cfg: Config, extra: list[str], run_dir: Path, config_path: Path) -> dict[str, float]:
+    """One OPD run into run_dir; its final student's test accuracy and wall seconds."""
+    started = time.perf_counter()
+    run_cfg = load_config(config_path, [*extra, f"train.out_dir={run_dir}"])
+    train(run_cfg)
+    final = run_dir / "checkpoints" / f"step-{run_cfg.train.steps:06d}"
+    accepted = [row["effopd/accepted_multiplier"] for row in read_metrics(run_dir)
+                if "effopd/accepted_multiplier" in row]
+    return {"accuracy": test_accuracy(cfg, final, "student"), "train_seconds": time.perf_counter() - started,
+            "accepted_multipliers": accepted}
+
+
+def run_demo(config_path: Path, overrides: list[str], out_dir: Path, effopd: bool = True) -> dict:
+    """Plain OPD (RUN/opd) and, beside it, the same run with EffOPD as published (RUN/effopd)."""
     started = time.perf_counter()
     run_dir = free_run_dir(out_dir)
-    cfg = load_config(config_path, [*overrides, f"train.out_dir={run_dir}"])
+    cfg = load_config(config_path, overrides)
+    if cfg.model.teacher is None:
+        raise UserError("The demo distills toward a teacher; set model.teacher to a model folder.")
     base_accuracy = test_accuracy(cfg, cfg.model.student, "student")
     teacher_accuracy = test_accuracy(cfg, cfg.model.teacher, "teacher")
-    train(cfg)
-    final = run_dir / "checkpoints" / f"step-{cfg.train.steps:06d}"
-    student_accuracy = test_accuracy(cfg, final, "student")
+    plain = distill(cfg, overrides, run_dir / "opd", config_path)
     gap = teacher_accuracy - base_accuracy
     summary = {
         "task": cfg.task.name, "base_accuracy": base_accuracy, "teacher_accuracy": teacher_accuracy,
-        "student_accuracy": student_accuracy,
-        "gap_closed": (student_accuracy - base_accuracy) / gap if gap > 0 else float("nan"),
-        "steps": cfg.train.steps, "wall_seconds": round(time.perf_counter() - started, 1),
-        "test_prompts": TEST_PROMPTS, "run_dir": str(run_dir),
+        "student_accuracy": plain["accuracy"],
+        "gap_closed": (plain["accuracy"] - base_accuracy) / gap if gap > 0 else float("nan"),
+        "steps": cfg.train.steps, "opd_train_seconds": round(plain["train_seconds"], 1),
     }
+    if effopd:
+        jumped = distill(cfg, [*overrides, "effopd.enabled=true"], run_dir / "effopd", config_path)
+        summary |= {"effopd_student_accuracy": jumped["accuracy"],
+                    "effopd_train_seconds": round(jumped["train_seconds"], 1),
+                    "effopd_accepted_multipliers": jumped["accepted_multipliers"]}
+    summary |= {"wall_seconds": round(time.perf_counter() - started, 1), "test_prompts": TEST_PROMPTS,
+                "run_dir": str(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print_summary(summary)
     return summary
 
 
-def print_summary(summary: dict[str, float | int | str]) -> None:
+def print_summary(summary: dict) -> None:
     table = Table(title=f"OPD demo on '{summary['task']}' (greedy pass@1, {summary['test_prompts']} "
                         "held-out test prompts)")
     table.add_column("what")
     table.add_column("value", justify="right")
-    for key in ("base_accuracy", "teacher_accuracy", "student_accuracy", "gap_closed"):
-        table.add_row(key, f"{summary[key]:.3f}")
-    table.add_row("steps", str(summary["steps"]))
-    table.add_row("wall_seconds", f"{summary['wall_seconds']:.1f}")
-    table.add_row("run folder", str(summary["run_dir"]))
+    for key, value in summary.items():
+        if key in ("task", "test_prompts"):
+            continue
+        text = f"{value:.3f}" if isinstance(value, float) and "seconds" not in key else str(value)
+        table.add_row(key, text)
     Console().print(table)

@@ -26,11 +26,17 @@ def accuracy(task: Task, completions: list[str], answers: list[str]) -> float:
 
 
 @torch.no_grad()
-def mean_reverse_kl(student: PreTrainedModel, teacher: PreTrainedModel, rollout: Rollout) -> float:
-    """Exact full-vocabulary KL(p_S ‖ p_T) per completion token, averaged over the rollout's tokens."""
+def reverse_kl_sum(student: PreTrainedModel, teacher: PreTrainedModel, rollout: Rollout) -> tuple[float, int]:
+    """Exact full-vocabulary KL(p_S ‖ p_T) summed over the rollout's completion tokens, and their count."""
     scores = score_tokens(student, rollout, teacher, kind="reverse_kl")
     mask = rollout.completion_mask[:, 1:].to(scores.divergence.device)  # (B, T-1)
-    return float((scores.divergence * mask).sum() / mask.sum().clamp(min=1))
+    return float((scores.divergence * mask).sum()), int(mask.sum())
+
+
+def mean_reverse_kl(student: PreTrainedModel, teacher: PreTrainedModel, rollout: Rollout) -> float:
+    """KL(p_S ‖ p_T) per completion token, averaged over the rollout's tokens."""
+    total, count = reverse_kl_sum(student, teacher, rollout)
+    return total / max(count, 1)
 
 
 @torch.no_grad()
@@ -44,7 +50,7 @@ def evaluate(
     model.eval()
     examples = task.sample(split, n_prompts, 0)
     generator = torch.Generator().manual_seed(seed)
-    correct_greedy, correct_sampled, kl_total, kl_batches = 0.0, 0.0, 0.0, 0
+    correct_greedy, correct_sampled, kl_total, kl_tokens = 0.0, 0.0, 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         prompts, answers = [e.prompt for e in batch], [e.answer for e in batch]
@@ -54,14 +60,14 @@ def evaluate(
             drawn = sample(model, tokenizer, prompts, max_new_tokens, 1.0, generator)
             correct_sampled += accuracy(task, decode_completions(tokenizer, drawn), answers) * len(batch)
             if teacher is not None:
-                kl_total += mean_reverse_kl(model, teacher, drawn) * len(batch)
-                kl_batches += len(batch)
+                batch_total, batch_tokens = reverse_kl_sum(model, teacher, drawn)
+                kl_total, kl_tokens = kl_total + batch_total, kl_tokens + batch_tokens
     model.train(was_training)
     metrics = {"eval/accuracy": correct_greedy / len(examples)}
     if sampled:
         metrics["eval/accuracy_sampled"] = correct_sampled / len(examples)
     if teacher is not None:
-        metrics["eval/kl_reverse"] = kl_total / kl_batches
+        metrics["eval/kl_reverse"] = kl_total / max(kl_tokens, 1)
     return metrics
 
 

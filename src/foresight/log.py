@@ -7,6 +7,7 @@ On resume the lines past the resumed step are dropped, so the file never holds t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -15,12 +16,20 @@ from foresight.config import LogConfig
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only the lines of steps <= last_step (the state a resumed run continues from)."""
+    """Keep only the lines of steps <= last_step (the state a resumed run continues from); a line
+    cut short by a kill is dropped. Rewritten through a temporary file, so a crash loses nothing."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(line + "\n" for line in kept))
+    os.replace(temporary, path)
 
 
 class RunLogger:
@@ -28,13 +37,15 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, cfg: LogConfig, start_step: int, total_steps: int) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
-        truncate_metrics(self.path, start_step)
+        # Resuming before the first checkpoint starts over, step-0 evaluation included.
+        last_kept = start_step if start_step > 0 else -1
+        truncate_metrics(self.path, last_kept)
         self.file = self.path.open("a")
         self.writer = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard only when used
 
-            self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
+            self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=last_kept + 1)
         self.last_accuracy = float("nan")
         self.progress = None
         if cfg.progress:

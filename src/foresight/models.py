@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -78,11 +79,23 @@ def check_model_folder(folder: Path, role: str) -> None:
 def load_model(folder: Path, role: str, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
     """Load an HF causal LM from a local folder (never from the hub) onto `device`."""
     check_model_folder(folder, role)
+    check_device(device, role)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise UserError(f"Could not load the {role} model from {folder} ({exc}); check the folder.") from None
     return model.to(device)
+
+
+def check_device(device: str, role: str) -> None:
+    """Fail with a UserError for a device name torch does not know or this machine does not have."""
+    key = "device" if role == "student" else "teacher_device"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"model.{key} '{device}' is not a device name; use cpu, cuda or cuda:N.") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"model.{key} is '{device}' but this machine has no CUDA device; use cpu.")
 
 
 def load_tokenizer(folder: Path, role: str) -> PreTrainedTokenizerFast:

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from foresight.config import EffOPDConfig
 from foresight.effopd.extrapolate import selected_parameters, snapshot, update_norm, write, write_candidate
+from foresight.errors import UserError
 from foresight.evaluate import accuracy, mean_reverse_kl
 from foresight.opd.rollout import decode_completions, sample
 from foresight.tasks import Example, Task
@@ -65,6 +66,9 @@ class EffOPD:
     def __init__(self, cfg: EffOPDConfig, model: torch.nn.Module, validator: Validator) -> None:
         self.cfg, self.validator = cfg, validator
         self.params = selected_parameters(model, cfg.modules)
+        if not self.params:
+            raise UserError(f"effopd.modules {cfg.modules} select no 2-D weight of this model; use "
+                            "kinds among q, k, v, o, gate, up, down.")
         self.anchor = snapshot(self.params)
         self.history: list[dict[str, Any]] = []
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.config import Config
 from foresight.errors import UserError
-from foresight.opd.rollout import Rollout, decode_completions, sample, teacher_forced
+from foresight.opd.rollout import Rollout, decode_completions, ended_with_eos, sample, teacher_forced
 from foresight.tasks import Example, Task
 
 
@@ -39,22 +39,26 @@ class TeacherCompletions:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / "teacher_completions.jsonl"
-        self.by_step: dict[int, list[str]] = {}
+        self.by_step: dict[int, tuple[list[str], list[bool]]] = {}
         if self.path.is_file():
             for line in self.path.read_text().splitlines():
-                if line.strip():
+                try:
                     record = json.loads(line)
-                    self.by_step[record["step"]] = record["completions"]
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill: that step is sampled again
+                self.by_step[record["step"]] = (record["completions"], record["ended"])
 
     def get(self, step: int, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-            prompts: list[str], cfg: Config) -> list[str]:
+            prompts: list[str], cfg: Config) -> tuple[list[str], list[bool]]:
+        """The teacher's completions for this step's prompts, and whether each ended at EOS."""
         if step not in self.by_step:
             generator = torch.Generator().manual_seed(stream_seed(cfg.train.seed, step, 3))
             rollout = sample(teacher, tokenizer, prompts, cfg.rollout.max_new_tokens,
                              cfg.rollout.temperature, generator)
-            self.by_step[step] = decode_completions(tokenizer, rollout)
+            self.by_step[step] = (decode_completions(tokenizer, rollout), ended_with_eos(tokenizer, rollout))
+            record = {"step": step, "completions": self.by_step[step][0], "ended": self.by_step[step][1]}
             with self.path.open("a") as handle:
-                handle.write(json.dumps({"step": step, "completions": self.by_step[step]}) + "\n")
+                handle.write(json.dumps(record) + "\n")
         return self.by_step[step]
 
 
@@ -88,8 +92,8 @@ def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, examples: list[Exa
             raise UserError("SFT on solutions needs a 'solution' on every training example; add it to "
                             "the JSONL file or set train.sft_source=teacher.")
         return StepBatch(teacher_forced(tokenizer, prompts, [e.solution for e in examples]), None)
-    completions = cache.get(step, teacher, tokenizer, prompts, cfg)
-    rollout = teacher_forced(tokenizer, prompts, completions)
+    completions, ended = cache.get(step, teacher, tokenizer, prompts, cfg)
+    rollout = teacher_forced(tokenizer, prompts, completions, ended)
     if cfg.train.sft_verified_only:
         # Rejected rows stay in the batch with no trained token, so shapes never depend on luck.
         kept = torch.tensor([task.verify(c, e.answer) for c, e in zip(completions, examples)])  # (B,)

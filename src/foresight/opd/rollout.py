@@ -27,7 +27,7 @@ class Rollout:
                        self.completion_mask[index], self.prompt_width)
 
     def completion_ids(self) -> list[list[int]]:
-        """Each row's generated tokens, EOS excluded."""
+        """Each row's generated tokens (its EOS included, when it has one)."""
         rows = []
         for ids_row, mask_row in zip(self.ids.tolist(), self.completion_mask.tolist()):
             rows.append([t for t, m in zip(ids_row[self.prompt_width:], mask_row[self.prompt_width:]) if m])
@@ -105,6 +105,11 @@ def sample(
                    prompt_ids.shape[1])
 
 
+def ended_with_eos(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[bool]:
+    """Whether each row stopped at EOS (rather than at max_new_tokens)."""
+    return [bool(row) and row[-1] == tokenizer.eos_token_id for row in rollout.completion_ids()]
+
+
 def decode_completions(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:
     """Completion texts without EOS or padding."""
     eos_id = tokenizer.eos_token_id
@@ -112,11 +117,15 @@ def decode_completions(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> 
     return tokenizer.batch_decode(rows, skip_special_tokens=False)
 
 
-def teacher_forced(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]) -> Rollout:
-    """A Rollout of given completions (EOS appended): for SFT data and for tests."""
+def teacher_forced(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str],
+                   ended: list[bool] | None = None) -> Rollout:
+    """A Rollout of given completions, EOS appended where the completion `ended` (default: all):
+    a sample cut off at max_new_tokens must not teach the student to stop there."""
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)
-    completion_rows = [ids + [eos_id] for ids in tokenizer(completions, add_special_tokens=False)["input_ids"]]
+    ended = ended if ended is not None else [True] * len(completions)
+    encoded = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    completion_rows = [ids + [eos_id] * stop for ids, stop in zip(encoded, ended)]
     width = max(len(r) for r in completion_rows)
     completion = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, G)
     completion_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, G)

@@ -45,7 +45,7 @@ def _chunk_scores(
     if teacher_head is None:
         return (student_logp,)
     with torch.no_grad():
-        teacher_logits = teacher_head(teacher_hidden.to(student_logits.device))  # (B, C, V)
+        teacher_logits = teacher_head(teacher_hidden).to(student_logits.device)  # (B, C, V)
         teacher_logp = _log_softmax(teacher_logits).gather(-1, next_ids[..., None]).squeeze(-1)
     if kind == "sampled_rkl":
         return student_logp, teacher_logp

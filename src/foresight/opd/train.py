@@ -87,9 +87,12 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
 def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     """Load task, models and optimizer; `student_dir` overrides model.student (used by resume)."""
     task = load_task(cfg.task)
+    torch.manual_seed(cfg.train.seed)  # anything not driven by an explicit generator
     student_dir = student_dir or cfg.model.student
     tokenizer = load_tokenizer(student_dir, "student")
-    student = load_model(student_dir, "student", cfg.model.dtype, cfg.model.device)
+    # Student weights stay float32 (AdamW's updates at lr ~1e-6 vanish in bfloat16 weights);
+    # model.dtype=bfloat16 runs its forward passes under autocast instead (see `compute`).
+    student = load_model(student_dir, "student", "float32", cfg.model.device)
     teacher = reference = None
     if cfg.train.method == "opd" or (cfg.train.method == "sft" and cfg.train.sft_source == "teacher"):
         if cfg.model.teacher is None:
@@ -99,7 +102,7 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
                                     cfg.model.teacher_device))
         check_pair(tokenizer, load_tokenizer(cfg.model.teacher, "teacher"), student, teacher)
     if cfg.train.method == "rl" and cfg.loss.kl_coef > 0:
-        reference = frozen(load_model(cfg.model.student, "student", cfg.model.dtype, cfg.model.device))
+        reference = frozen(load_model(cfg.model.student, "student", "float32", cfg.model.device))
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.train.steps))
@@ -128,11 +131,12 @@ def micro_batch_loss(t: Trainer, rollout: Rollout, advantages: torch.Tensor | No
     kind = loss_cfg.kind if method == "opd" else "sampled_rkl"  # rl/sft need sampled-token log-probs only
     scores = score_tokens(t.student, rollout, t.scored_against(), kind, loss_cfg.beta,
                           loss_cfg.chunk_tokens, frozen_hidden)
-    mask = rollout.completion_mask[:, 1:].to(scores.student_logprobs.dtype)  # (B, T-1) predicts ids[:, 1:]
+    device, dtype = scores.student_logprobs.device, scores.student_logprobs.dtype
+    mask = rollout.completion_mask[:, 1:].to(device, dtype)  # (B, T-1): position t predicts ids[:, t+1]
     if method == "sft":
         return masked_sum_loss(-scores.student_logprobs, mask, n_tokens), scores
     if method == "rl":
-        per_token_advantages = advantages[:, None].expand_as(scores.student_logprobs)  # (B, T-1)
+        per_token_advantages = advantages.to(device)[:, None].expand_as(scores.student_logprobs)  # (B, T-1)
         loss = clipped_policy_loss(scores.student_logprobs, per_token_advantages, mask, n_tokens,
                                    loss_cfg.clip_eps)
         if scores.teacher_logprobs is not None:  # the reference model's, for the KL penalty
@@ -146,8 +150,19 @@ def micro_batch_loss(t: Trainer, rollout: Rollout, advantages: torch.Tensor | No
     return masked_sum_loss(scores.divergence, mask, n_tokens), scores
 
 
+def compute(t: Trainer) -> torch.autocast:
+    """bfloat16 autocast for the student's forward passes when model.dtype asks for it."""
+    return torch.autocast(t.student.device.type, dtype=torch.bfloat16,
+                          enabled=t.cfg.model.dtype == "bfloat16")
+
+
 def train_step(t: Trainer, step: int) -> dict[str, float]:
     """One optimizer step: rollout -> teacher scoring -> student update. Returns plain floats."""
+    with compute(t):
+        return _train_step(t, step)
+
+
+def _train_step(t: Trainer, step: int) -> dict[str, float]:
     started = time.perf_counter()
     batch = make_batch(t, step)
     rollout = batch.rollout
@@ -161,6 +176,7 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
     mask = rollout.completion_mask[:, 1:]  # (B, T-1)
     n_tokens = mask.sum().clamp(min=1)
     totals = {"loss": 0.0, "kl_sum": 0.0}
+    t.student.train()  # the update; sampling switched to eval() inside make_batch
     for rows in torch.arange(rollout.ids.shape[0]).tensor_split(t.cfg.train.micro_batches):
         part = slice(int(rows[0]), int(rows[-1]) + 1)
         hidden_part = None if frozen_hidden is None else frozen_hidden[part]
@@ -170,7 +186,7 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
         totals["loss"] += loss.item()
         if scores.teacher_logprobs is not None:
             log_ratio = (scores.student_logprobs - scores.teacher_logprobs).detach()  # (b, T-1)
-            totals["kl_sum"] += float((log_ratio * mask[part]).sum())
+            totals["kl_sum"] += float((log_ratio * mask[part].to(log_ratio.device)).sum())
     grad_norm = torch.nn.utils.clip_grad_norm_(t.student.parameters(), t.cfg.optim.grad_clip or math.inf)
     lr = t.scheduler.get_last_lr()[0]
     t.optimizer.step()
