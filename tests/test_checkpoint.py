@@ -89,3 +89,12 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_weights(micro_pair, tmp
     metric_steps = [row["step"] for row in read_metrics(tmp_path / "interrupted")]
     assert metric_steps == list(range(steps + 1))  # no step logged twice, none missing
     assert yaml.safe_load((tmp_path / "interrupted" / "config.yaml").read_text())["train"]["steps"] == steps
+
+
+def test_resume_before_the_first_checkpoint_starts_the_log_over(micro_pair, tmp_path):
+    cfg = micro_config(*micro_pair, tmp_path / "run", train={"steps": 2, "checkpoint_every": 5})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(config_to_yaml(cfg))
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.5}\n{"step": 1, "lo')
+    train(cfg, resume=True)
+    assert [row["step"] for row in read_metrics(tmp_path / "run")] == [0, 1, 2]

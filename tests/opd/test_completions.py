@@ -55,3 +55,14 @@ def test_rl_rows_are_grouped_by_prompt_with_rewards(micro_pair, tmp_path):
     prompts = batch.rollout.ids[:, :batch.rollout.prompt_width]
     for group in range(3):
         assert torch.equal(prompts[4 * group], prompts[4 * group + 3])
+
+
+def test_a_teacher_sample_cut_off_at_the_length_cap_gets_no_eos(micro_pair):
+    from foresight.models import load_tokenizer
+
+    tokenizer = load_tokenizer(micro_pair[0], "student")
+    rollout = teacher_forced(tokenizer, ["1+2=", "3="], ["1+2=3#3", "4+4=8"], ended=[True, False])
+    eos = tokenizer.eos_token_id
+    trained = [ids[m.bool()].tolist() for ids, m in zip(rollout.ids, rollout.completion_mask)]
+    assert trained[0][-1] == eos and eos not in trained[1]
+    assert len(trained[1]) == len("4+4=8")
