@@ -36,14 +36,14 @@ def free_run_dir(wanted: Path) -> Path:
     return candidate
 
 
-def test_accuracy(cfg: Config, folder: Path, role: str) -> float:
+def test_accuracy(cfg: Config, folder: Path, role: str, n_prompts: int) -> float:
     task = load_task(cfg.task)
     scores = evaluate(load_model(folder, role), load_tokenizer(folder, role), task, "test",
-                      TEST_PROMPTS, cfg.rollout.max_new_tokens, cfg.eval.batch_size, sampled=False)
+                      n_prompts, cfg.rollout.max_new_tokens, cfg.eval.batch_size, sampled=False)
     return scores["eval/accuracy"]
 
 
-def distill(cfg: Config, extra: list[str], run_dir: Path, config_path: Path) -> dict[str, float]:
+def distill(cfg: Config, extra: list[str], run_dir: Path, config_path: Path, n_prompts: int) -> dict:
     """One OPD run into run_dir; its final student's test accuracy and wall seconds."""
     started = time.perf_counter()
     run_cfg = load_config(config_path, [*extra, f"train.out_dir={run_dir}"])
@@ -51,20 +51,21 @@ def distill(cfg: Config, extra: list[str], run_dir: Path, config_path: Path) -> 
     final = run_dir / "checkpoints" / f"step-{run_cfg.train.steps:06d}"
     accepted = [row["effopd/accepted_multiplier"] for row in read_metrics(run_dir)
                 if "effopd/accepted_multiplier" in row]
-    return {"accuracy": test_accuracy(cfg, final, "student"), "train_seconds": time.perf_counter() - started,
+    return {"accuracy": test_accuracy(cfg, final, "student", n_prompts), "train_seconds": time.perf_counter() - started,
             "accepted_multipliers": accepted}
 
 
-def run_demo(config_path: Path, overrides: list[str], out_dir: Path, effopd: bool = True) -> dict:
+def run_demo(config_path: Path, overrides: list[str], out_dir: Path, effopd: bool = True,
+             test_prompts: int = TEST_PROMPTS) -> dict:
     """Plain OPD (RUN/opd) and, beside it, the same run with EffOPD as published (RUN/effopd)."""
     started = time.perf_counter()
     run_dir = free_run_dir(out_dir)
     cfg = load_config(config_path, overrides)
     if cfg.model.teacher is None:
         raise UserError("The demo distills toward a teacher; set model.teacher to a model folder.")
-    base_accuracy = test_accuracy(cfg, cfg.model.student, "student")
-    teacher_accuracy = test_accuracy(cfg, cfg.model.teacher, "teacher")
-    plain = distill(cfg, overrides, run_dir / "opd", config_path)
+    base_accuracy = test_accuracy(cfg, cfg.model.student, "student", test_prompts)
+    teacher_accuracy = test_accuracy(cfg, cfg.model.teacher, "teacher", test_prompts)
+    plain = distill(cfg, overrides, run_dir / "opd", config_path, test_prompts)
     gap = teacher_accuracy - base_accuracy
     summary = {
         "task": cfg.task.name, "base_accuracy": base_accuracy, "teacher_accuracy": teacher_accuracy,
@@ -73,11 +74,12 @@ def run_demo(config_path: Path, overrides: list[str], out_dir: Path, effopd: boo
         "steps": cfg.train.steps, "opd_train_seconds": round(plain["train_seconds"], 1),
     }
     if effopd:
-        jumped = distill(cfg, [*overrides, "effopd.enabled=true"], run_dir / "effopd", config_path)
+        jumped = distill(cfg, [*overrides, "effopd.enabled=true"], run_dir / "effopd", config_path,
+                         test_prompts)
         summary |= {"effopd_student_accuracy": jumped["accuracy"],
                     "effopd_train_seconds": round(jumped["train_seconds"], 1),
                     "effopd_accepted_multipliers": jumped["accepted_multipliers"]}
-    summary |= {"wall_seconds": round(time.perf_counter() - started, 1), "test_prompts": TEST_PROMPTS,
+    summary |= {"wall_seconds": round(time.perf_counter() - started, 1), "test_prompts": test_prompts,
                 "run_dir": str(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print_summary(summary)
