@@ -38,7 +38,8 @@ def test_jsonl_task_without_solutions_is_refused(tmp_path):
 
 
 def test_prepare_works_on_a_users_jsonl_task(tmp_path):
-    examples = load_task(TaskConfig(name="modchain")).sample("train", 400, 3)
+    task = load_task(TaskConfig(name="modchain"))
+    examples = [e for split in ("train", "val", "test") for e in task.sample(split, 100, 3)]
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer, "solution": e.solution})
                             + "\n" for e in examples))
