@@ -32,23 +32,50 @@ from foresight.models import load_model, load_tokenizer
 from foresight.opd.train import train
 from foresight.tasks import load_task
 
-PAPER = ["effopd.enabled=true", "effopd.signal=accuracy", "effopd.n_prompts=50",
-         "effopd.multipliers=[2,4,6,8,10]", "effopd.accept=ge"]
-KL = ["effopd.enabled=true", "effopd.signal=kl", "effopd.n_prompts=256",
-      "effopd.multipliers=[1,2,3,4,6,8]", "effopd.accept=ge"]
-METHODS = {"opd@1x": (1, []), "opd@2x": (2, []), "opd@4x": (4, []),
-           "effopd-paper@1x": (1, PAPER), "effopd-kl@1x": (1, KL)}
+PAPER = [
+    "effopd.enabled=true",
+    "effopd.signal=accuracy",
+    "effopd.n_prompts=50",
+    "effopd.multipliers=[2,4,6,8,10]",
+    "effopd.accept=ge",
+]
+KL = [
+    "effopd.enabled=true",
+    "effopd.signal=kl",
+    "effopd.n_prompts=256",
+    "effopd.multipliers=[1,2,3,4,6,8]",
+    "effopd.accept=ge",
+]
+METHODS = {
+    "opd@1x": (1, []),
+    "opd@2x": (2, []),
+    "opd@4x": (4, []),
+    "effopd-paper@1x": (1, PAPER),
+    "effopd-kl@1x": (1, KL),
+}
 
 
-def run_one(config: Path, out: Path, method: str, seed: int, steps: int, every: int, lr: float) -> Path:
+def run_one(
+    config: Path, out: Path, method: str, seed: int, steps: int, every: int, lr: float
+) -> Path:
     factor, extra = METHODS[method]
     run_dir = out / "runs" / f"{method}-seed{seed}"
     if (run_dir / "checkpoints" / f"step-{steps:06d}").is_dir():
         return run_dir  # finished earlier: the benchmark can be resumed
-    overrides = [f"optim.lr={lr * factor}", f"train.seed={seed}", f"train.steps={steps}",
-                 f"train.out_dir={run_dir}", f"train.checkpoint_every={steps}", "train.checkpoint_at=[]",
-                 f"eval.every={every}", "eval.sampled=false", "eval.teacher_kl=false", "log.progress=false",
-                 "log.tensorboard=false", *extra]
+    overrides = [
+        f"optim.lr={lr * factor}",
+        f"train.seed={seed}",
+        f"train.steps={steps}",
+        f"train.out_dir={run_dir}",
+        f"train.checkpoint_every={steps}",
+        "train.checkpoint_at=[]",
+        f"eval.every={every}",
+        "eval.sampled=false",
+        "eval.teacher_kl=false",
+        "log.progress=false",
+        "log.tensorboard=false",
+        *extra,
+    ]
     train(load_config(config, overrides), overwrite=True)
     return run_dir
 
@@ -58,8 +85,16 @@ def teacher_accuracy(config: Path) -> float:
     cfg = load_config(config)
     task = load_task(cfg.task)
     teacher = load_model(cfg.model.teacher, "teacher")
-    scores = evaluate(teacher, load_tokenizer(cfg.model.teacher, "teacher"), task, cfg.eval.split,
-                      cfg.eval.n_prompts, cfg.rollout.max_new_tokens, cfg.eval.batch_size, sampled=False)
+    scores = evaluate(
+        teacher,
+        load_tokenizer(cfg.model.teacher, "teacher"),
+        task,
+        cfg.eval.split,
+        cfg.eval.n_prompts,
+        cfg.rollout.max_new_tokens,
+        cfg.eval.batch_size,
+        sampled=False,
+    )
     return scores["eval/accuracy"]
 
 
@@ -83,15 +118,22 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3g} [{min(values):.3g}, {max(values):.3g}]"
 
 
-def summarize(task: str, curves: dict[str, dict[int, list]], accepted: dict[str, Counter],
-              base: float, teacher: float, seeds: list[int]) -> dict:
+def summarize(
+    task: str,
+    curves: dict[str, dict[int, list]],
+    accepted: dict[str, Counter],
+    base: float,
+    teacher: float,
+    seeds: list[int],
+) -> dict:
     best_plain = statistics.median(max(p["accuracy"] for p in curves["opd@1x"][s]) for s in seeds)
     target = min(base + 0.95 * (teacher - base), best_plain)
     rows = {}
     for method, by_seed in curves.items():
         hits = [first_reaching(by_seed[s], target) for s in seeds]
         rows[method] = {
-            "steps": [h["step"] for h in hits if h], "wall_s": [h["wall_s"] for h in hits if h],
+            "steps": [h["step"] for h in hits if h],
+            "wall_s": [h["wall_s"] for h in hits if h],
             "reached": sum(h is not None for h in hits),
             "final": [by_seed[s][-1]["accuracy"] for s in seeds],
             "accepted": dict(accepted.get(method, {})),
@@ -110,17 +152,22 @@ def table(result: dict, seeds: list[int]) -> str:
     rows = result["rows"]
     plain = [m for m in rows if m.startswith("opd@") and rows[m]["steps"]]
     best = min(plain, key=lambda m: statistics.median(rows[m]["steps"])) if plain else "opd@1x"
-    lines = [f"### {result['task']}: base {result['base']:.3f}, teacher {result['teacher']:.3f}, "
-             f"target {result['target']:.3f} ({len(seeds)} seeds; best plain OPD: {best})", "",
-             "| method | reached | steps to target | wall s to target | final accuracy | "
-             "speedup (steps) vs opd@1x | vs best plain | speedup (wall) vs opd@1x | accepted m |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {result['task']}: base {result['base']:.3f}, teacher {result['teacher']:.3f}, "
+        f"target {result['target']:.3f} ({len(seeds)} seeds; best plain OPD: {best})",
+        "",
+        "| method | reached | steps to target | wall s to target | final accuracy | "
+        "speedup (steps) vs opd@1x | vs best plain | speedup (wall) vs opd@1x | accepted m |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for method, row in rows.items():
         accepted = ", ".join(f"{m:g}:{n}" for m, n in sorted(row["accepted"].items())) or "-"
-        lines.append(f"| {method} | {row['reached']}/{len(seeds)} | {spread(row['steps'])} | "
-                     f"{spread(row['wall_s'])} | {spread(row['final'])} | "
-                     f"{speedup(rows, method, 'opd@1x', 'steps')} | {speedup(rows, method, best, 'steps')} | "
-                     f"{speedup(rows, method, 'opd@1x', 'wall_s')} | {accepted} |")
+        lines.append(
+            f"| {method} | {row['reached']}/{len(seeds)} | {spread(row['steps'])} | "
+            f"{spread(row['wall_s'])} | {spread(row['final'])} | "
+            f"{speedup(rows, method, 'opd@1x', 'steps')} | {speedup(rows, method, best, 'steps')} | "
+            f"{speedup(rows, method, 'opd@1x', 'wall_s')} | {accepted} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -135,12 +182,18 @@ def plot(results: list[dict], all_curves: dict, out: Path) -> None:
         for method, by_seed in all_curves[result["task"]].items():
             for column, x in enumerate(("step", "wall_s")):
                 for index, points in enumerate(by_seed.values()):
-                    axes[row][column].plot([p[x] for p in points], [p["accuracy"] for p in points],
-                                           color=f"C{list(METHODS).index(method)}", alpha=0.7,
-                                           label=method if index == 0 else None)
+                    axes[row][column].plot(
+                        [p[x] for p in points],
+                        [p["accuracy"] for p in points],
+                        color=f"C{list(METHODS).index(method)}",
+                        alpha=0.7,
+                        label=method if index == 0 else None,
+                    )
         for column, label in enumerate(("optimizer step", "wall seconds (validation included)")):
             axes[row][column].axhline(result["target"], color="k", linestyle=":", label="target")
-            axes[row][column].set(xlabel=label, ylabel="val accuracy (greedy)", title=result["task"])
+            axes[row][column].set(
+                xlabel=label, ylabel="val accuracy (greedy)", title=result["task"]
+            )
         axes[row][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "effopd.png", dpi=110)
@@ -164,22 +217,38 @@ def main() -> None:
         accepted: dict[str, Counter] = {}
         for seed in args.seeds:
             for method in args.methods:
-                run_dir = run_one(config, args.out / task, method, seed, args.steps, args.every, args.lr)
+                run_dir = run_one(
+                    config, args.out / task, method, seed, args.steps, args.every, args.lr
+                )
                 curves[method][seed] = curve(run_dir)
                 counts = accepted.setdefault(method, Counter())
-                counts.update(r["effopd/accepted_multiplier"] for r in read_metrics(run_dir)
-                              if "effopd/accepted_multiplier" in r)
+                counts.update(
+                    r["effopd/accepted_multiplier"]
+                    for r in read_metrics(run_dir)
+                    if "effopd/accepted_multiplier" in r
+                )
         base = curves["opd@1x"][args.seeds[0]][0]["accuracy"]  # step-0 eval: greedy, seed-free
-        results.append(summarize(task, curves, accepted, base, teacher_accuracy(config), args.seeds))
+        results.append(
+            summarize(task, curves, accepted, base, teacher_accuracy(config), args.seeds)
+        )
         all_curves[task] = curves
     markdown = "".join(table(r, args.seeds) + "\n" for r in results)
     (args.out / "table.md").write_text(markdown)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, all_curves, args.out)
     print(markdown)
-    print(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "machine": platform.machine(), "args": {k: str(v) for k, v in vars(args).items()},
-                      "results": results}))
+    print(
+        json.dumps(
+            {
+                "device": "cpu",
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -51,22 +51,61 @@ class Plan:
 
 
 GPU_PLAN = Plan(
-    device="cuda", dtype="bfloat16", batch=128, max_new_tokens=40, warmup=3, steps=10, mm_size=8192,
-    student=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                 num_attention_heads=12, num_key_value_heads=4, head_dim=64),
-    teacher=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24,
-                 num_attention_heads=16, num_key_value_heads=8, head_dim=64),
+    device="cuda",
+    dtype="bfloat16",
+    batch=128,
+    max_new_tokens=40,
+    warmup=3,
+    steps=10,
+    mm_size=8192,
+    student=dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        head_dim=64,
+    ),
+    teacher=dict(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=64,
+    ),
 )
 # Same code path on CPU in seconds; float32 because CPU bfloat16 kernels can be very slow.
 SMOKE_PLAN = Plan(
-    device="cpu", dtype="float32", batch=8, max_new_tokens=16, warmup=1, steps=2, mm_size=512,
-    student=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16),
-    teacher=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=32),
+    device="cpu",
+    dtype="float32",
+    batch=8,
+    max_new_tokens=16,
+    warmup=1,
+    steps=2,
+    mm_size=512,
+    student=dict(
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    ),
+    teacher=dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+    ),
 )
-PHASES = {"generation": "time/rollout_s", "teacher scoring": "time/teacher_s",
-          "student update": "time/student_s"}
+PHASES = {
+    "generation": "time/rollout_s",
+    "teacher scoring": "time/teacher_s",
+    "student update": "time/student_s",
+}
 
 
 def sync(device: str) -> None:
@@ -74,13 +113,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_folder(folder: Path, tokenizer: PreTrainedTokenizerFast, sizes: dict[str, int],
-                 seed: int, dtype: str) -> dict[str, int]:
+def build_folder(
+    folder: Path, tokenizer: PreTrainedTokenizerFast, sizes: dict[str, int], seed: int, dtype: str
+) -> dict[str, int]:
     """Random-init a Qwen3 decoder, save it (safetensors) with the tokenizer; return its counts."""
-    config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=256,
-                         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         **sizes)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **sizes,
+    )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).to(DTYPES[dtype])  # cast first: bf16 halves the bytes written
     model.save_pretrained(folder)
@@ -109,16 +154,23 @@ def matmul_peak(n: int, dtype: torch.dtype, device: str, repeats: int = 10) -> f
 
 
 def make_config(plan: Plan, folder: Path) -> Config:
-    return Config.model_validate({
-        "model": {"student": folder / "student", "teacher": folder / "teacher",
-                  "dtype": plan.dtype, "teacher_dtype": plan.dtype,
-                  "device": plan.device, "teacher_device": plan.device},
-        "task": {"name": "arith"},
-        "rollout": {"prompts_per_step": plan.batch, "max_new_tokens": plan.max_new_tokens},
-        "loss": {"kind": "sampled_rkl"},
-        "train": {"steps": plan.warmup + plan.steps, "out_dir": folder / "run"},
-        "log": {"tensorboard": False, "progress": False},
-    })
+    return Config.model_validate(
+        {
+            "model": {
+                "student": folder / "student",
+                "teacher": folder / "teacher",
+                "dtype": plan.dtype,
+                "teacher_dtype": plan.dtype,
+                "device": plan.device,
+                "teacher_device": plan.device,
+            },
+            "task": {"name": "arith"},
+            "rollout": {"prompts_per_step": plan.batch, "max_new_tokens": plan.max_new_tokens},
+            "loss": {"kind": "sampled_rkl"},
+            "train": {"steps": plan.warmup + plan.steps, "out_dir": folder / "run"},
+            "log": {"tensorboard": False, "progress": False},
+        }
+    )
 
 
 def instrument(t: Trainer, device: str, tokens: dict[str, int]) -> None:
@@ -128,6 +180,7 @@ def instrument(t: Trainer, device: str, tokens: dict[str, int]) -> None:
     queued kernels would be billed to the student update. Counting input_ids gives the exact grid,
     prompt prefill and every decode step included, also when all rows stopped early at EOS.
     """
+
     def student_hook(module, args, kwargs, output) -> None:
         sync(device)
         phase = "student update" if torch.is_grad_enabled() else "generation"  # sampling: no_grad
@@ -152,16 +205,22 @@ def run_steps(t: Trainer, plan: Plan, tokens: dict[str, int]) -> list[dict[str, 
         started = time.perf_counter()
         stats = train_step(t, step)
         sync(plan.device)
-        records.append(stats | {"time/step_synced_s": time.perf_counter() - started}
-                       | {f"tokens/{name}": n for name, n in tokens.items()})
+        records.append(
+            stats
+            | {"time/step_synced_s": time.perf_counter() - started}
+            | {f"tokens/{name}": n for name, n in tokens.items()}
+        )
     return records
 
 
 def summarize(records: list[dict], counts: dict, peak: float) -> dict[str, dict[str, float]]:
     """Median seconds, tokens/s, FLOP/s and MFU per phase (FLOP formulas: module docstring)."""
     n_student, n_teacher = counts["student"]["flop_params"], counts["teacher"]["flop_params"]
-    flop_per_token = {"generation": 2 * n_student, "teacher scoring": 2 * n_teacher,
-                      "student update": 6 * n_student}
+    flop_per_token = {
+        "generation": 2 * n_student,
+        "teacher scoring": 2 * n_teacher,
+        "student update": 6 * n_student,
+    }
     phases = {}
     for name, key in [*PHASES.items(), ("step (synced)", "time/step_synced_s")]:
         seconds = statistics.median(r[key] for r in records)
@@ -171,30 +230,44 @@ def summarize(records: list[dict], counts: dict, peak: float) -> dict[str, dict[
         else:  # the whole step: the B*T grid, and the FLOPs of all three phases
             tokens = phases["student update"]["tokens"]
             flop = sum(p["flop"] for p in phases.values())
-        phases[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-                        "flop": flop, "flop_per_s": flop / seconds, "mfu": flop / seconds / peak}
+        phases[name] = {
+            "seconds": seconds,
+            "tokens": tokens,
+            "tokens_per_s": tokens / seconds,
+            "flop": flop,
+            "flop_per_s": flop / seconds,
+            "mfu": flop / seconds / peak,
+        }
     return phases
 
 
 def print_table(r: dict) -> None:
     student, teacher = r["params"]["student"]["params"], r["params"]["teacher"]["params"]
-    print(f"student {student:,} params, teacher {teacher:,}; vocab {r['vocab']} (char-level, so "
-          f"lm_head FLOPs are negligible); build+save+load {r['setup_s']:.1f} s")
+    print(
+        f"student {student:,} params, teacher {teacher:,}; vocab {r['vocab']} (char-level, so "
+        f"lm_head FLOPs are negligible); build+save+load {r['setup_s']:.1f} s"
+    )
     plan, peaks = r["plan"], r["peak_flop_per_s"]
-    print(f"dtype {r['dtype']}, B {plan['batch']}, G {plan['max_new_tokens']}, "
-          f"{plan['steps']} timed steps after {plan['warmup']} warm-up; peak torch.mm "
-          f"{plan['mm_size']}^3: bfloat16 {peaks['bfloat16'] / 1e12:.3g}, float32 (TF32 off) "
-          f"{peaks['float32'] / 1e12:.3g} TFLOP/s; MFU is against {r['dtype']}")
+    print(
+        f"dtype {r['dtype']}, B {plan['batch']}, G {plan['max_new_tokens']}, "
+        f"{plan['steps']} timed steps after {plan['warmup']} warm-up; peak torch.mm "
+        f"{plan['mm_size']}^3: bfloat16 {peaks['bfloat16'] / 1e12:.3g}, float32 (TF32 off) "
+        f"{peaks['float32'] / 1e12:.3g} TFLOP/s; MFU is against {r['dtype']}"
+    )
     print(f"{'phase':<16}{'median s':>10}{'tokens':>8}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}")
     for name, row in r["phases"].items():
-        print(f"{name:<16}{row['seconds']:>10.4f}{row['tokens']:>8.0f}{row['tokens_per_s']:>12.0f}"
-              f"{row['flop_per_s'] / 1e12:>10.3g}{row['mfu']:>8.2%}")
+        print(
+            f"{name:<16}{row['seconds']:>10.4f}{row['tokens']:>8.0f}{row['tokens_per_s']:>12.0f}"
+            f"{row['flop_per_s'] / 1e12:>10.3g}{row['mfu']:>8.2%}"
+        )
     # Random init samples near-uniformly over the tiny vocab, so a row hits EOS with p ~ 1/V per
     # token; yet the batch decodes until its last row stops, and finished rows are still computed.
-    print(f"completions: {r['completion_tokens_per_step']:.0f} tokens/step, mean length "
-          f"{r['completion_len_mean']:.1f} of {plan['max_new_tokens']}, "
-          f"{r['completion_tokens_per_s']:.0f} completion tokens/s. Random-init rows stop at EOS "
-          "early, but the batch decodes until its last row stops: 'tokens' counts every row.")
+    print(
+        f"completions: {r['completion_tokens_per_step']:.0f} tokens/step, mean length "
+        f"{r['completion_len_mean']:.1f} of {plan['max_new_tokens']}, "
+        f"{r['completion_tokens_per_s']:.0f} completion tokens/s. Random-init rows stop at EOS "
+        "early, but the batch decodes until its last row stops: 'tokens' counts every row."
+    )
 
 
 def main() -> None:
@@ -211,9 +284,12 @@ def main() -> None:
     tokenizer = build_char_tokenizer(TASKS["arith"](None).alphabet)
     with tempfile.TemporaryDirectory(prefix="foresight-gpu-") as tmp:
         started = time.perf_counter()
-        counts = {role: build_folder(Path(tmp) / role, tokenizer, sizes, seed, plan.dtype)
-                  for seed, (role, sizes) in enumerate([("student", plan.student),
-                                                        ("teacher", plan.teacher)])}
+        counts = {
+            role: build_folder(Path(tmp) / role, tokenizer, sizes, seed, plan.dtype)
+            for seed, (role, sizes) in enumerate(
+                [("student", plan.student), ("teacher", plan.teacher)]
+            )
+        }
         cfg = make_config(plan, Path(tmp))
         trainer = setup(cfg)
         setup_s = time.perf_counter() - started
@@ -222,14 +298,24 @@ def main() -> None:
         records = run_steps(trainer, plan, tokens)
     phases = summarize(records, counts, peaks[plan.dtype])
     completion = statistics.median(r["tokens/completion"] for r in records)
-    result = {"device": device, "dtype": plan.dtype, "torch": torch.__version__,
-              "transformers": transformers.__version__, "smoke": args.smoke, "plan": asdict(plan),
-              "config": cfg.model_dump(mode="json"), "params": counts, "vocab": len(tokenizer),
-              "setup_s": setup_s, "peak_flop_per_s": peaks, "phases": phases,
-              "completion_tokens_per_step": completion,
-              "completion_len_mean": statistics.median(r["rollout/len_mean"] for r in records),
-              "completion_tokens_per_s": completion / phases["step (synced)"]["seconds"],
-              "steps": records}
+    result = {
+        "device": device,
+        "dtype": plan.dtype,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "smoke": args.smoke,
+        "plan": asdict(plan),
+        "config": cfg.model_dump(mode="json"),
+        "params": counts,
+        "vocab": len(tokenizer),
+        "setup_s": setup_s,
+        "peak_flop_per_s": peaks,
+        "phases": phases,
+        "completion_tokens_per_step": completion,
+        "completion_len_mean": statistics.median(r["rollout/len_mean"] for r in records),
+        "completion_tokens_per_s": completion / phases["step (synced)"]["seconds"],
+        "steps": records,
+    }
     print_table(result)
     print(json.dumps(result))
 

@@ -22,8 +22,11 @@ from foresight.config import load_config
 from foresight.models import count_parameters
 from foresight.opd.train import setup, train_step
 
-PHASES = {"generation": "time/rollout_s", "teacher scoring": "time/teacher_s",
-          "student update": "time/student_s"}
+PHASES = {
+    "generation": "time/rollout_s",
+    "teacher scoring": "time/teacher_s",
+    "student update": "time/student_s",
+}
 
 
 def measure(config: Path, steps: int, warmup: int, overrides: list[str]) -> dict:
@@ -35,10 +38,18 @@ def measure(config: Path, steps: int, warmup: int, overrides: list[str]) -> dict
     step_s = statistics.median(r["time/step_s"] for r in records)
     tokens = statistics.median(r["tokens/completion"] for r in records)
     phases = {name: statistics.median(r[key] for r in records) for name, key in PHASES.items()}
-    return {"config": str(config), "overrides": overrides, "steps": steps, "warmup": warmup,
-            "batch": cfg.rollout.prompts_per_step, "loss": cfg.loss.kind,
-            "student_params": count_parameters(trainer.student), "median_step_s": step_s,
-            "completion_tokens_per_s": tokens / step_s, "phase_s": phases}
+    return {
+        "config": str(config),
+        "overrides": overrides,
+        "steps": steps,
+        "warmup": warmup,
+        "batch": cfg.rollout.prompts_per_step,
+        "loss": cfg.loss.kind,
+        "student_params": count_parameters(trainer.student),
+        "median_step_s": step_s,
+        "completion_tokens_per_s": tokens / step_s,
+        "phase_s": phases,
+    }
 
 
 def main() -> None:
@@ -50,16 +61,26 @@ def main() -> None:
     args = parser.parse_args()
     quiet_libraries()
     result = measure(args.config, args.steps, args.warmup, args.overrides)
-    print(f"config {result['config']}  batch {result['batch']}  loss {result['loss']}  "
-          f"student {result['student_params']:,} params")
-    print(f"median step {result['median_step_s'] * 1000:.1f} ms   "
-          f"{result['completion_tokens_per_s']:.0f} completion tokens/s")
+    print(
+        f"config {result['config']}  batch {result['batch']}  loss {result['loss']}  "
+        f"student {result['student_params']:,} params"
+    )
+    print(
+        f"median step {result['median_step_s'] * 1000:.1f} ms   "
+        f"{result['completion_tokens_per_s']:.0f} completion tokens/s"
+    )
     print(f"{'phase':<18}{'median s':>10}{'share':>8}")
     total = sum(result["phase_s"].values())
     for name, seconds in result["phase_s"].items():
         print(f"{name:<18}{seconds:>10.4f}{seconds / total:>8.1%}")
-    result |= {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "machine": platform.machine(), "python": platform.python_version(), "dtype": "float32"}
+    result |= {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "dtype": "float32",
+    }
     print(json.dumps(result))
 
 

@@ -11,19 +11,34 @@ from foresight.config import Config
 from foresight.models import build_char_tokenizer
 from foresight.tasks import TASKS
 
-MICRO = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-             num_key_value_heads=1, head_dim=16)
+MICRO = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+)
 
 
-def save_micro_model(folder: Path, seed: int, alphabet: str | None = None, sharpen: float = 1.0) -> Path:
+def save_micro_model(
+    folder: Path, seed: int, alphabet: str | None = None, sharpen: float = 1.0
+) -> Path:
     """A ~20k-parameter Qwen3 model with the arith char tokenizer, saved as an HF folder.
 
     `sharpen` scales the LM head: a random model is near-uniform, so a sharpened teacher makes the KL
     to it clearly non-zero (a test with KL ~ 0 would pass on noise)."""
     tokenizer = build_char_tokenizer(alphabet or TASKS["arith"](None).alphabet)
     torch.manual_seed(seed)
-    config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=128, tie_word_embeddings=False,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, **MICRO)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **MICRO,
+    )
     model = Qwen3ForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(sharpen)

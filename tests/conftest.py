@@ -12,6 +12,6 @@ from builders import save_micro_model
 def micro_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(student folder, teacher folder): different seeds, so the KL between them is clearly non-zero."""
     root = tmp_path_factory.mktemp("models")
-    return save_micro_model(root / "student", 0), save_micro_model(root / "teacher", 1, sharpen=30.0)
-
-
+    return save_micro_model(root / "student", 0), save_micro_model(
+        root / "teacher", 1, sharpen=30.0
+    )

@@ -25,7 +25,9 @@ from foresight.log import read_metrics
 from foresight.opd.train import setup, train
 
 
-def test_a_crash_during_save_leaves_no_checkpoint_that_looks_whole(micro_pair, tmp_path, monkeypatch):
+def test_a_crash_during_save_leaves_no_checkpoint_that_looks_whole(
+    micro_pair, tmp_path, monkeypatch
+):
     cfg = micro_config(*micro_pair, tmp_path / "run")
     trainer = setup(cfg)
     save_checkpoint(tmp_path / "run", 1, trainer.student, trainer.tokenizer, cfg, {"optimizer": {}})
@@ -35,7 +37,9 @@ def test_a_crash_during_save_leaves_no_checkpoint_that_looks_whole(micro_pair, t
 
     monkeypatch.setattr(checkpoint_module.torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path / "run", 2, trainer.student, trainer.tokenizer, cfg, {"optimizer": {}})
+        save_checkpoint(
+            tmp_path / "run", 2, trainer.student, trainer.tokenizer, cfg, {"optimizer": {}}
+        )
     leftovers = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert leftovers[0] == "step-000001" and leftovers[1].startswith("step-000002.tmp-")
     assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [1]
@@ -64,10 +68,13 @@ def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 
 def test_killed_run_resumes_to_exactly_the_uninterrupted_weights(micro_pair, tmp_path):
     steps = 6
-    reference = micro_config(*micro_pair, tmp_path / "reference", train={"steps": steps}, eval={"every": 2})
+    reference = micro_config(
+        *micro_pair, tmp_path / "reference", train={"steps": steps}, eval={"every": 2}
+    )
     train(reference)
-    interrupted = micro_config(*micro_pair, tmp_path / "interrupted", train={"steps": steps},
-                               eval={"every": 2})
+    interrupted = micro_config(
+        *micro_pair, tmp_path / "interrupted", train={"steps": steps}, eval={"every": 2}
+    )
     config_file = tmp_path / "interrupted.yaml"
     config_file.write_text(config_to_yaml(interrupted))
     kill_after = random.Random().randint(1, steps - 2)  # a random step, reported on failure
@@ -83,18 +90,28 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_weights(micro_pair, tmp
     assert done[-1] < steps, f"killed too late (after step {kill_after})"
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    expected, got = final_weights(tmp_path / "reference", steps), final_weights(tmp_path / "interrupted", steps)
+    expected, got = (
+        final_weights(tmp_path / "reference", steps),
+        final_weights(tmp_path / "interrupted", steps),
+    )
     for name in expected:
-        assert torch.equal(expected[name], got[name]), f"{name} differs after resume at {kill_after}"
+        assert torch.equal(expected[name], got[name]), (
+            f"{name} differs after resume at {kill_after}"
+        )
     metric_steps = [row["step"] for row in read_metrics(tmp_path / "interrupted")]
     assert metric_steps == list(range(steps + 1))  # no step logged twice, none missing
-    assert yaml.safe_load((tmp_path / "interrupted" / "config.yaml").read_text())["train"]["steps"] == steps
+    assert (
+        yaml.safe_load((tmp_path / "interrupted" / "config.yaml").read_text())["train"]["steps"]
+        == steps
+    )
 
 
 def test_resume_before_the_first_checkpoint_starts_the_log_over(micro_pair, tmp_path):
     cfg = micro_config(*micro_pair, tmp_path / "run", train={"steps": 2, "checkpoint_every": 5})
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text(config_to_yaml(cfg))
-    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.5}\n{"step": 1, "lo')
+    (tmp_path / "run" / "metrics.jsonl").write_text(
+        '{"step": 0, "eval/accuracy": 0.5}\n{"step": 1, "lo'
+    )
     train(cfg, resume=True)
     assert [row["step"] for row in read_metrics(tmp_path / "run")] == [0, 1, 2]

@@ -39,8 +39,14 @@ def write_config(tmp_path: Path, text: str) -> Path:
 
 def test_tiny_config_trains_two_steps_through_the_cli(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(REPO)
-    code, out, err = run_cli(monkeypatch, capsys, "train", "configs/tiny.yaml",
-                             "--set", f"train.out_dir={tmp_path / 'run'}")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "configs/tiny.yaml",
+        "--set",
+        f"train.out_dir={tmp_path / 'run'}",
+    )
     assert code == 0, err
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [0, 1, 2] and "eval/accuracy" in rows[-1]
@@ -54,14 +60,17 @@ def test_eval_command_prints_accuracy(monkeypatch, capsys):
     assert 0.0 <= json.loads(out)["eval/accuracy"] <= 1.0
 
 
-@pytest.mark.parametrize("text, message", [
-    ("optim:\n  lrr: 0.1\n", "unknown key 'optim.lrr'"),
-    ("train:\n  steps: many\n", "'train.steps' is invalid"),
-    ("optim: [1, 2]\n", "'optim' is invalid"),
-    ("model:\n  student: /nonexistent/base\n", "model folder /nonexistent/base does not exist"),
-    ("task:\n  name: sudoku\n", "Unknown task 'sudoku'"),
-    ("task:\n  name: jsonl\n", "task.path is required"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("optim:\n  lrr: 0.1\n", "unknown key 'optim.lrr'"),
+        ("train:\n  steps: many\n", "'train.steps' is invalid"),
+        ("optim: [1, 2]\n", "'optim' is invalid"),
+        ("model:\n  student: /nonexistent/base\n", "model folder /nonexistent/base does not exist"),
+        ("task:\n  name: sudoku\n", "Unknown task 'sudoku'"),
+        ("task:\n  name: jsonl\n", "task.path is required"),
+    ],
+)
 def test_bad_config_exits_2_with_one_sentence(monkeypatch, capsys, tmp_path, text, message):
     monkeypatch.chdir(REPO)
     text += f"train:\n  out_dir: {tmp_path / 'run'}\n" if "train:" not in text else ""
@@ -74,7 +83,9 @@ def test_bad_config_exits_2_with_one_sentence(monkeypatch, capsys, tmp_path, tex
 def test_teacher_with_another_tokenizer_is_refused(monkeypatch, capsys, tmp_path, micro_pair):
     other = save_micro_model(tmp_path / "other_teacher", 1, alphabet="0123456789abc=#")
     cfg = micro_config(micro_pair[0], other, tmp_path / "run")
-    code, _, err = run_cli(monkeypatch, capsys, "train", str(write_config(tmp_path, config_to_yaml(cfg))))
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", str(write_config(tmp_path, config_to_yaml(cfg)))
+    )
     assert code == 2 and "teacher's tokenizer vocabulary differs" in err
 
 
@@ -82,7 +93,9 @@ def test_dataset_without_answers_is_refused(monkeypatch, capsys, tmp_path, micro
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "1+1="}\n')
     cfg = micro_config(*micro_pair, tmp_path / "run", task={"name": "jsonl", "path": str(data)})
-    code, _, err = run_cli(monkeypatch, capsys, "train", str(write_config(tmp_path, config_to_yaml(cfg))))
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", str(write_config(tmp_path, config_to_yaml(cfg)))
+    )
     assert code == 2 and "data.jsonl" in err and "answer" in err
     assert not (tmp_path / "run").exists()
 

@@ -33,7 +33,9 @@ def test_overrides_are_parsed_as_yaml_and_validated():
 
 
 def test_cross_section_checks_name_the_keys():
-    with pytest.raises(UserError, match="train.micro_batches cannot exceed rollout.prompts_per_step"):
+    with pytest.raises(
+        UserError, match="train.micro_batches cannot exceed rollout.prompts_per_step"
+    ):
         load_config(None, ["train.micro_batches=100"])
     with pytest.raises(UserError, match="effopd.signal 'kl' needs a teacher"):
         load_config(None, ["effopd.enabled=true", "effopd.signal=kl", "train.method=sft"])

@@ -15,18 +15,34 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_demo_writes_summary_for_opd_and_effopd(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    short = ["train.steps=2", "rollout.prompts_per_step=8", "eval.n_prompts=16", "log.progress=false",
-             "log.tensorboard=false", "effopd.n_prompts=8"]
+    short = [
+        "train.steps=2",
+        "rollout.prompts_per_step=8",
+        "eval.n_prompts=16",
+        "log.progress=false",
+        "log.tensorboard=false",
+        "effopd.n_prompts=8",
+    ]
     summary = run_demo(Path("configs/demo.yaml"), short, tmp_path / "demo", test_prompts=100)
     assert (tmp_path / "demo-2").exists() is False
     written = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert written == json.loads(json.dumps(summary))
-    for key in ("base_accuracy", "teacher_accuracy", "student_accuracy", "steps", "wall_seconds",
-                "effopd_student_accuracy"):
+    for key in (
+        "base_accuracy",
+        "teacher_accuracy",
+        "student_accuracy",
+        "steps",
+        "wall_seconds",
+        "effopd_student_accuracy",
+    ):
         assert key in written
     assert written["teacher_accuracy"] - written["base_accuracy"] >= 0.3  # the committed pair's gap
     assert len(written["effopd_accepted_multipliers"]) == 2  # searches after steps 1 and 2
     for run in ("opd", "effopd"):
-        assert (tmp_path / "demo" / run / "checkpoints" / "step-000002" / "model.safetensors").is_file()
-    again = run_demo(Path("configs/demo.yaml"), short, tmp_path / "demo", effopd=False, test_prompts=16)
+        assert (
+            tmp_path / "demo" / run / "checkpoints" / "step-000002" / "model.safetensors"
+        ).is_file()
+    again = run_demo(
+        Path("configs/demo.yaml"), short, tmp_path / "demo", effopd=False, test_prompts=16
+    )
     assert again["run_dir"] == str(tmp_path / "demo-2")  # never over an earlier demo

@@ -41,10 +41,17 @@ def test_prepare_works_on_a_users_jsonl_task(tmp_path):
     task = load_task(TaskConfig(name="modchain"))
     examples = [e for split in ("train", "val", "test") for e in task.sample(split, 100, 3)]
     data = tmp_path / "mine.jsonl"
-    data.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer, "solution": e.solution})
-                            + "\n" for e in examples))
-    summary = prepare_task(TaskConfig(name="jsonl", path=data), tmp_path / "mine", base_steps=2,
-                           teacher_steps=4)
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": e.prompt, "answer": e.answer, "solution": e.solution}) + "\n"
+            for e in examples
+        )
+    )
+    summary = prepare_task(
+        TaskConfig(name="jsonl", path=data), tmp_path / "mine", base_steps=2, teacher_steps=4
+    )
     assert summary["task"] == "jsonl" and 0.0 <= summary["teacher_accuracy"] <= 1.0
-    vocab = json.loads((tmp_path / "mine" / "teacher" / "tokenizer.json").read_text())["model"]["vocab"]
+    vocab = json.loads((tmp_path / "mine" / "teacher" / "tokenizer.json").read_text())["model"][
+        "vocab"
+    ]
     assert set("".join(e.prompt + e.solution for e in examples)) <= set(vocab)

@@ -42,7 +42,11 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -52,8 +56,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    cfg: Config, trainer_state: dict[str, Any],
+    run_dir: Path,
+    step: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: Config,
+    trainer_state: dict[str, Any],
 ) -> Path:
     """Write checkpoint `step` atomically: build it under a temporary name, then rename."""
     final = checkpoint_dir(run_dir, step)
@@ -91,7 +99,9 @@ def _is_fresh(run_dir: Path) -> bool:
     return not run_dir.exists() or not any(run_dir.iterdir())
 
 
-def resume_point(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -> tuple[int, Path | None]:
+def resume_point(
+    run_dir: Path, cfg: Config, resume: bool, overwrite: bool
+) -> tuple[int, Path | None]:
     """Check the run folder can be used (writes nothing); return (start step, checkpoint or None).
 
     A new run never writes into a folder that holds another run: that needs --resume (continue it)
@@ -127,7 +137,9 @@ def init_run_dir(run_dir: Path, cfg: Config, overwrite: bool) -> None:
 def check_resumable_config(run_dir: Path, cfg: Config) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
-        raise UserError(f"{run_dir} has no config.yaml, so it is not a foresight run; pick its run folder.")
+        raise UserError(
+            f"{run_dir} has no config.yaml, so it is not a foresight run; pick its run folder."
+        )
     saved = load_config(saved_path).model_dump(mode="json")
     given = cfg.model_dump(mode="json")
     # What may change on resume: the step budget and how the run is watched, not what it computes.
@@ -137,8 +149,12 @@ def check_resumable_config(run_dir: Path, cfg: Config) -> None:
         for key in ("steps", "checkpoint_every", "checkpoint_at", "threads"):
             config["train"].pop(key)
     if saved != given:
-        changed = sorted(f"{s}.{k}" for s in saved for k in saved[s]
-                         if isinstance(saved[s], dict) and saved[s].get(k) != given[s].get(k))
+        changed = sorted(
+            f"{s}.{k}"
+            for s in saved
+            for k in saved[s]
+            if isinstance(saved[s], dict) and saved[s].get(k) != given[s].get(k)
+        )
         raise UserError(
             f"The config differs from the one {run_dir} was started with ({', '.join(changed)}); "
             "resume with the same config or start a new run folder."

@@ -15,11 +15,16 @@ import typer
 from foresight.dynamics.command import analyze_command
 from foresight.errors import UserError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                  help="On-policy distillation, foresight analysis and EffOPD.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="On-policy distillation, foresight analysis and EffOPD.",
+)
 app.command("analyze")(analyze_command)
 
-SetOption = Annotated[list[str], typer.Option("--set", help="Override a config value: section.key=value.")]
+SetOption = Annotated[
+    list[str], typer.Option("--set", help="Override a config value: section.key=value.")
+]
 
 
 def quiet_libraries() -> None:
@@ -49,7 +54,9 @@ def train(
 def demo(
     config: Annotated[Path, typer.Option(help="Demo config.")] = Path("configs/demo.yaml"),
     set_: SetOption = [],
-    out: Annotated[Path, typer.Option(help="Run folder (a free name is picked if taken).")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="Run folder (a free name is picked if taken).")] = Path(
+        "runs/demo"
+    ),
     effopd: Annotated[bool, typer.Option(help="Also run EffOPD beside plain OPD.")] = True,
 ) -> None:
     """Distill the committed base toward the committed teacher and print the accuracies."""
@@ -82,9 +89,13 @@ def prepare(
         names = list(TASKS) if task == "all" else [task]
         targets = [(name, TaskConfig(name=name)) for name in names]
     for name, task_cfg in targets:
-        summary = prepare_task(task_cfg, out / name, size, seed, base_steps or None, teacher_steps or None)
-        typer.echo(f"{name}: base {summary['base_accuracy']:.3f}, teacher {summary['teacher_accuracy']:.3f}"
-                   f" -> {out / name}")
+        summary = prepare_task(
+            task_cfg, out / name, size, seed, base_steps or None, teacher_steps or None
+        )
+        typer.echo(
+            f"{name}: base {summary['base_accuracy']:.3f}, teacher {summary['teacher_accuracy']:.3f}"
+            f" -> {out / name}"
+        )
 
 
 @app.command("eval")
@@ -94,7 +105,9 @@ def eval_(
     verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
     split: str = "test",
     n: Annotated[int, typer.Option(min=1, help="Held-out prompts.")] = 500,
-    teacher: Annotated[Path | None, typer.Option(help="Also report reverse KL to this teacher.")] = None,
+    teacher: Annotated[
+        Path | None, typer.Option(help="Also report reverse KL to this teacher.")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
     """Accuracy of a model on a task's held-out split (and KL to a teacher)."""
@@ -107,16 +120,27 @@ def eval_(
 
     if split not in ("val", "test"):
         raise UserError(f"Unknown split '{split}'; use val or test.")
-    task_cfg = TaskConfig(name="jsonl", path=Path(task), verifier=verifier) if task.endswith(".jsonl") \
+    task_cfg = (
+        TaskConfig(name="jsonl", path=Path(task), verifier=verifier)
+        if task.endswith(".jsonl")
         else TaskConfig(name=task)
+    )
     tokenizer = load_tokenizer(model, "student")
     student = load_model(model, "student")
     teacher_model = None
     if teacher is not None:
         teacher_model = load_model(teacher, "teacher")
         check_pair(tokenizer, load_tokenizer(teacher, "teacher"), student, teacher_model)
-    scores = evaluate(student, tokenizer, load_task(task_cfg), split, n, max_new_tokens, 256,
-                      teacher=teacher_model)
+    scores = evaluate(
+        student,
+        tokenizer,
+        load_task(task_cfg),
+        split,
+        n,
+        max_new_tokens,
+        256,
+        teacher=teacher_model,
+    )
     typer.echo(json.dumps(scores))
 
 

@@ -20,7 +20,9 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    student: Path = Field(Path("models/arith/base"), description="Student model folder (HF format).")
+    student: Path = Field(
+        Path("models/arith/base"), description="Student model folder (HF format)."
+    )
     teacher: Path | None = Field(
         Path("models/arith/teacher"), description="Teacher model folder; null for RL/SFT-free runs."
     )
@@ -29,7 +31,9 @@ class ModelConfig(Section):
     )
     teacher_dtype: Literal["float32", "bfloat16"] = Field("float32", description="Teacher dtype.")
     device: str = Field("cpu", description="Student device, e.g. cpu or cuda:0.")
-    teacher_device: str = Field("cpu", description="Teacher device (may differ from the student's).")
+    teacher_device: str = Field(
+        "cpu", description="Teacher device (may differ from the student's)."
+    )
 
 
 class TaskConfig(Section):
@@ -60,7 +64,9 @@ class LossConfig(Section):
         description="sampled_rkl: per-token advantage log p_T - log p_S (paper's code); the others "
         "are full-vocabulary divergences, backpropagated directly.",
     )
-    beta: float = Field(0.5, ge=0, le=1, description="GJSD mixture weight (0 = forward KL, 1 = RKL).")
+    beta: float = Field(
+        0.5, ge=0, le=1, description="GJSD mixture weight (0 = forward KL, 1 = RKL)."
+    )
     clip_eps: float = Field(0.2, gt=0, description="PPO clip range of the sampled-token loss.")
     chunk_tokens: int = Field(
         64, ge=1, description="Sequence positions per chunk of full-vocabulary log-softmax."
@@ -76,7 +82,6 @@ class OptimConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     schedule: Literal["constant", "cosine"] = Field("constant", description="LR after warm-up.")
 
-
     @model_validator(mode="after")
     def _betas_in_range(self) -> OptimConfig:
         if not all(0.0 <= beta < 1.0 for beta in self.betas):
@@ -86,14 +91,18 @@ class OptimConfig(Section):
 
 class TrainConfig(Section):
     method: Literal["opd", "rl", "sft"] = Field(
-        "opd", description="opd: student samples, teacher scores; rl: GRPO on the task's verifier; "
-        "sft: cross-entropy on given completions (see sft_source)."
+        "opd",
+        description="opd: student samples, teacher scores; rl: GRPO on the task's verifier; "
+        "sft: cross-entropy on given completions (see sft_source).",
     )
     sft_source: Literal["solutions", "teacher"] = Field(
-        "solutions", description="SFT completions: the task's worked solutions, or teacher samples "
-        "(sequence-level distillation, cached in the run folder)."
+        "solutions",
+        description="SFT completions: the task's worked solutions, or teacher samples "
+        "(sequence-level distillation, cached in the run folder).",
     )
-    sft_verified_only: bool = Field(False, description="SFT on teacher samples the verifier accepts only.")
+    sft_verified_only: bool = Field(
+        False, description="SFT on teacher samples the verifier accepts only."
+    )
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     micro_batches: int = Field(1, ge=1, description="Gradient-accumulation chunks per step.")
     seed: int = Field(0, description="Seed of data order, sampling and init.")
@@ -189,21 +198,25 @@ class DynamicsConfig(Section):
 class EffOPDConfig(Section):
     enabled: bool = Field(False, description="Run the EffOPD extrapolation search during training.")
     schedule: Literal["pow2", "every"] = Field(
-        "pow2", description="pow2: search after steps 1, 2, 4, 8, ... (paper); every: every N steps."
+        "pow2",
+        description="pow2: search after steps 1, 2, 4, 8, ... (paper); every: every N steps.",
     )
     every: int = Field(8, ge=1, description="N of the 'every' schedule.")
     multipliers: list[float] = Field(
         [2.0, 4.0, 6.0, 8.0, 10.0], description="Candidates W_t + m·Δ tried in order (paper: 2k)."
     )
     accept: Literal["ge", "gt"] = Field(
-        "ge", description="Accept when the score is >= (paper) or > (official code) the best so far."
+        "ge",
+        description="Accept when the score is >= (paper) or > (official code) the best so far.",
     )
     signal: Literal["accuracy", "kl"] = Field(
         "accuracy",
         description="accuracy: one T=1 sample per prompt, verified (paper); kl: minus the "
         "full-vocabulary reverse KL to the teacher on completions sampled once per search.",
     )
-    n_prompts: int = Field(50, ge=1, description="Validation prompts, fixed for the run (paper: 50).")
+    n_prompts: int = Field(
+        50, ge=1, description="Validation prompts, fixed for the run (paper: 50)."
+    )
     modules: list[str] = Field(
         ["q", "k", "v", "o", "gate", "up", "down"],
         description="Module kinds extrapolated (attention and MLP weights, as in the paper).",
@@ -231,8 +244,10 @@ class Config(Section):
         if self.rollout.group_size > 1 and self.train.method != "rl":
             raise ValueError("rollout.group_size > 1 is for train.method 'rl' (GRPO) only")
         if self.train.method == "rl" and self.rollout.group_size < 2:
-            raise ValueError("train.method 'rl' needs rollout.group_size >= 2 (a group of one has "
-                             "zero advantage)")
+            raise ValueError(
+                "train.method 'rl' needs rollout.group_size >= 2 (a group of one has "
+                "zero advantage)"
+            )
         if any(m <= 0 for m in self.effopd.multipliers):
             raise ValueError("effopd.multipliers must all be positive")
         if self.loss.kl_coef > 0 and self.train.method != "rl":
@@ -254,7 +269,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     try:
         node[keys[-1]] = yaml.safe_load(text)
     except yaml.YAMLError:
-        raise UserError(f"Override '{assignment}' has a value that is not valid YAML; quote or fix it.") from None
+        raise UserError(
+            f"Override '{assignment}' has a value that is not valid YAML; quote or fix it."
+        ) from None
 
 
 def describe_error(err: ValidationError, source: str) -> str:
@@ -277,7 +294,9 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as exc:
-            raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix it.") from None
+            raise UserError(
+                f"{path} is not valid YAML ({exc.__class__.__name__}); fix it."
+            ) from None
         if not isinstance(raw, dict):
             raise UserError(f"{path} must hold a mapping of sections; see configs/tiny.yaml.")
     for assignment in overrides:

@@ -38,25 +38,46 @@ def free_run_dir(wanted: Path) -> Path:
 
 def test_accuracy(cfg: Config, folder: Path, role: str, n_prompts: int) -> float:
     task = load_task(cfg.task)
-    scores = evaluate(load_model(folder, role), load_tokenizer(folder, role), task, "test",
-                      n_prompts, cfg.rollout.max_new_tokens, cfg.eval.batch_size, sampled=False)
+    scores = evaluate(
+        load_model(folder, role),
+        load_tokenizer(folder, role),
+        task,
+        "test",
+        n_prompts,
+        cfg.rollout.max_new_tokens,
+        cfg.eval.batch_size,
+        sampled=False,
+    )
     return scores["eval/accuracy"]
 
 
-def distill(cfg: Config, extra: list[str], run_dir: Path, config_path: Path, n_prompts: int) -> dict:
+def distill(
+    cfg: Config, extra: list[str], run_dir: Path, config_path: Path, n_prompts: int
+) -> dict:
     """One OPD run into run_dir; its final student's test accuracy and wall seconds."""
     started = time.perf_counter()
     run_cfg = load_config(config_path, [*extra, f"train.out_dir={run_dir}"])
     train(run_cfg)
     final = run_dir / "checkpoints" / f"step-{run_cfg.train.steps:06d}"
-    accepted = [row["effopd/accepted_multiplier"] for row in read_metrics(run_dir)
-                if "effopd/accepted_multiplier" in row]
-    return {"accuracy": test_accuracy(cfg, final, "student", n_prompts), "train_seconds": time.perf_counter() - started,
-            "accepted_multipliers": accepted}
+    accepted = [
+        row["effopd/accepted_multiplier"]
+        for row in read_metrics(run_dir)
+        if "effopd/accepted_multiplier" in row
+    ]
+    return {
+        "accuracy": test_accuracy(cfg, final, "student", n_prompts),
+        "train_seconds": time.perf_counter() - started,
+        "accepted_multipliers": accepted,
+    }
 
 
-def run_demo(config_path: Path, overrides: list[str], out_dir: Path, effopd: bool = True,
-             test_prompts: int = TEST_PROMPTS) -> dict:
+def run_demo(
+    config_path: Path,
+    overrides: list[str],
+    out_dir: Path,
+    effopd: bool = True,
+    test_prompts: int = TEST_PROMPTS,
+) -> dict:
     """Plain OPD (RUN/opd) and, beside it, the same run with EffOPD as published (RUN/effopd)."""
     started = time.perf_counter()
     run_dir = free_run_dir(out_dir)
@@ -68,27 +89,38 @@ def run_demo(config_path: Path, overrides: list[str], out_dir: Path, effopd: boo
     plain = distill(cfg, overrides, run_dir / "opd", config_path, test_prompts)
     gap = teacher_accuracy - base_accuracy
     summary = {
-        "task": cfg.task.name, "base_accuracy": base_accuracy, "teacher_accuracy": teacher_accuracy,
+        "task": cfg.task.name,
+        "base_accuracy": base_accuracy,
+        "teacher_accuracy": teacher_accuracy,
         "student_accuracy": plain["accuracy"],
         "gap_closed": (plain["accuracy"] - base_accuracy) / gap if gap > 0 else float("nan"),
-        "steps": cfg.train.steps, "opd_train_seconds": round(plain["train_seconds"], 1),
+        "steps": cfg.train.steps,
+        "opd_train_seconds": round(plain["train_seconds"], 1),
     }
     if effopd:
-        jumped = distill(cfg, [*overrides, "effopd.enabled=true"], run_dir / "effopd", config_path,
-                         test_prompts)
-        summary |= {"effopd_student_accuracy": jumped["accuracy"],
-                    "effopd_train_seconds": round(jumped["train_seconds"], 1),
-                    "effopd_accepted_multipliers": jumped["accepted_multipliers"]}
-    summary |= {"wall_seconds": round(time.perf_counter() - started, 1), "test_prompts": test_prompts,
-                "run_dir": str(run_dir)}
+        jumped = distill(
+            cfg, [*overrides, "effopd.enabled=true"], run_dir / "effopd", config_path, test_prompts
+        )
+        summary |= {
+            "effopd_student_accuracy": jumped["accuracy"],
+            "effopd_train_seconds": round(jumped["train_seconds"], 1),
+            "effopd_accepted_multipliers": jumped["accepted_multipliers"],
+        }
+    summary |= {
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "test_prompts": test_prompts,
+        "run_dir": str(run_dir),
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print_summary(summary)
     return summary
 
 
 def print_summary(summary: dict) -> None:
-    table = Table(title=f"OPD demo on '{summary['task']}' (greedy pass@1, {summary['test_prompts']} "
-                        "held-out test prompts)")
+    table = Table(
+        title=f"OPD demo on '{summary['task']}' (greedy pass@1, {summary['test_prompts']} "
+        "held-out test prompts)"
+    )
     table.add_column("what")
     table.add_column("value", justify="right")
     for key, value in summary.items():

@@ -26,7 +26,9 @@ def accuracy(task: Task, completions: list[str], answers: list[str]) -> float:
 
 
 @torch.no_grad()
-def reverse_kl_sum(student: PreTrainedModel, teacher: PreTrainedModel, rollout: Rollout) -> tuple[float, int]:
+def reverse_kl_sum(
+    student: PreTrainedModel, teacher: PreTrainedModel, rollout: Rollout
+) -> tuple[float, int]:
     """Exact full-vocabulary KL(p_S ‖ p_T) summed over the rollout's completion tokens, and their count."""
     scores = score_tokens(student, rollout, teacher, kind="reverse_kl")
     mask = rollout.completion_mask[:, 1:].to(scores.divergence.device)  # (B, T-1)
@@ -41,9 +43,16 @@ def mean_reverse_kl(student: PreTrainedModel, teacher: PreTrainedModel, rollout:
 
 @torch.no_grad()
 def evaluate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, split: str,
-    n_prompts: int, max_new_tokens: int, batch_size: int, teacher: PreTrainedModel | None = None,
-    sampled: bool = True, seed: int = 0,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    split: str,
+    n_prompts: int,
+    max_new_tokens: int,
+    batch_size: int,
+    teacher: PreTrainedModel | None = None,
+    sampled: bool = True,
+    seed: int = 0,
 ) -> dict[str, float]:
     """eval/accuracy (greedy pass@1), eval/accuracy_sampled (T=1), eval/kl_reverse (needs teacher)."""
     was_training = model.training
@@ -52,13 +61,17 @@ def evaluate(
     generator = torch.Generator().manual_seed(seed)
     correct_greedy, correct_sampled, kl_total, kl_tokens = 0.0, 0.0, 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
+        batch = examples[start : start + batch_size]
         prompts, answers = [e.prompt for e in batch], [e.answer for e in batch]
         greedy = sample(model, tokenizer, prompts, max_new_tokens, 1.0, None, greedy=True)
-        correct_greedy += accuracy(task, decode_completions(tokenizer, greedy), answers) * len(batch)
+        correct_greedy += accuracy(task, decode_completions(tokenizer, greedy), answers) * len(
+            batch
+        )
         if sampled or teacher is not None:
             drawn = sample(model, tokenizer, prompts, max_new_tokens, 1.0, generator)
-            correct_sampled += accuracy(task, decode_completions(tokenizer, drawn), answers) * len(batch)
+            correct_sampled += accuracy(task, decode_completions(tokenizer, drawn), answers) * len(
+                batch
+            )
             if teacher is not None:
                 batch_total, batch_tokens = reverse_kl_sum(model, teacher, drawn)
                 kl_total, kl_tokens = kl_total + batch_total, kl_tokens + batch_tokens
@@ -71,8 +84,14 @@ def evaluate(
     return metrics
 
 
-def task_scorer(task_cfg: TaskConfig, model_dir: Path, n_prompts: int, teacher_dir: Path | None = None,
-                max_new_tokens: int = 64, batch_size: int = 256) -> Scorer:
+def task_scorer(
+    task_cfg: TaskConfig,
+    model_dir: Path,
+    n_prompts: int,
+    teacher_dir: Path | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 256,
+) -> Scorer:
     """A scorer for the analysis probes: accuracy (and KL to the teacher) of whatever weights the
     given model currently holds, on the first n_prompts of the task's test split."""
     task = load_task(task_cfg)
@@ -83,7 +102,16 @@ def task_scorer(task_cfg: TaskConfig, model_dir: Path, n_prompts: int, teacher_d
         check_pair(tokenizer, load_tokenizer(teacher_dir, "teacher"), teacher, teacher)
 
     def score(model: torch.nn.Module) -> dict[str, float]:
-        return evaluate(model, tokenizer, task, "test", n_prompts, max_new_tokens, batch_size,
-                        teacher=teacher, sampled=False)
+        return evaluate(
+            model,
+            tokenizer,
+            task,
+            "test",
+            n_prompts,
+            max_new_tokens,
+            batch_size,
+            teacher=teacher,
+            sampled=False,
+        )
 
     return score

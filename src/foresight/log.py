@@ -50,10 +50,15 @@ class RunLogger:
         self.progress = None
         if cfg.progress:
             self.progress = Progress(
-                TextColumn("step"), MofNCompleteColumn(), BarColumn(),
-                TextColumn("{task.fields[line]}"), TimeRemainingColumn(),
+                TextColumn("step"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("{task.fields[line]}"),
+                TimeRemainingColumn(),
             )
-            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, line="")
+            self.task = self.progress.add_task(
+                "train", total=total_steps, completed=start_step, line=""
+            )
             self.progress.start()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -65,8 +70,10 @@ class RunLogger:
                 self.writer.add_scalar(key, value, step)
         self.last_accuracy = metrics.get("eval/accuracy", self.last_accuracy)
         if self.progress is not None:
-            line = (f"loss {metrics.get('loss', float('nan')):.4f}  "
-                    f"kl {metrics.get('kl/mean', float('nan')):.4f}  acc {self.last_accuracy:.3f}")
+            line = (
+                f"loss {metrics.get('loss', float('nan')):.4f}  "
+                f"kl {metrics.get('kl/mean', float('nan')):.4f}  acc {self.last_accuracy:.3f}"
+            )
             self.progress.update(self.task, completed=step, line=line)
 
     def close(self) -> None:

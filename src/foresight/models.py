@@ -27,10 +27,22 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 # Named sizes of the embedded decoder. "tiny" (~0.8M parameters) is the demo's; "small" (~5M) is
 # the second size of the speed benchmark.
 MODEL_SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=32),
-    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6,
-                  num_attention_heads=8, num_key_value_heads=4, head_dim=32),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+    ),
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+    ),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -46,16 +58,27 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-        unk_token="<unk>", padding_side="left",
+        tokenizer_object=core,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
     )
 
 
-def build_tiny_model(vocab_size: int, size: str, seed: int, max_positions: int = 256) -> Qwen3ForCausalLM:
+def build_tiny_model(
+    vocab_size: int, size: str, seed: int, max_positions: int = 256
+) -> Qwen3ForCausalLM:
     """A freshly initialised Qwen3-style decoder of a named size (seeded, so reproducible)."""
     config = Qwen3Config(
-        vocab_size=vocab_size, max_position_embeddings=max_positions, tie_word_embeddings=False,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, **MODEL_SIZES[size],
+        vocab_size=vocab_size,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **MODEL_SIZES[size],
     )
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(config)
@@ -76,14 +99,20 @@ def check_model_folder(folder: Path, role: str) -> None:
         )
 
 
-def load_model(folder: Path, role: str, dtype: str = "float32", device: str = "cpu") -> PreTrainedModel:
+def load_model(
+    folder: Path, role: str, dtype: str = "float32", device: str = "cpu"
+) -> PreTrainedModel:
     """Load an HF causal LM from a local folder (never from the hub) onto `device`."""
     check_model_folder(folder, role)
     check_device(device, role)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=DTYPES[dtype], local_files_only=True
+        )
     except (OSError, ValueError, SafetensorError) as exc:
-        raise UserError(f"Could not load the {role} model from {folder} ({exc}); check the folder.") from None
+        raise UserError(
+            f"Could not load the {role} model from {folder} ({exc}); check the folder."
+        ) from None
     return model.to(device)
 
 
@@ -93,7 +122,9 @@ def check_device(device: str, role: str) -> None:
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        raise UserError(f"model.{key} '{device}' is not a device name; use cpu, cuda or cuda:N.") from None
+        raise UserError(
+            f"model.{key} '{device}' is not a device name; use cpu, cuda or cuda:N."
+        ) from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"model.{key} is '{device}' but this machine has no CUDA device; use cpu.")
 
@@ -104,9 +135,13 @@ def load_tokenizer(folder: Path, role: str) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise UserError(f"The {role} folder {folder} has no usable tokenizer ({exc}); save one there.") from None
+        raise UserError(
+            f"The {role} folder {folder} has no usable tokenizer ({exc}); save one there."
+        ) from None
     if tokenizer.eos_token_id is None:
-        raise UserError(f"The {role} tokenizer in {folder} has no EOS token; set eos_token and save it.")
+        raise UserError(
+            f"The {role} tokenizer in {folder} has no EOS token; set eos_token and save it."
+        )
     if tokenizer.pad_token_id is None:
         # Many chat models have no pad token: padding is masked out everywhere, so EOS can stand in.
         tokenizer.pad_token = tokenizer.eos_token
@@ -115,8 +150,10 @@ def load_tokenizer(folder: Path, role: str) -> PreTrainedTokenizerFast:
 
 
 def check_pair(
-    student_tokenizer: PreTrainedTokenizerFast, teacher_tokenizer: PreTrainedTokenizerFast,
-    student: PreTrainedModel, teacher: PreTrainedModel,
+    student_tokenizer: PreTrainedTokenizerFast,
+    teacher_tokenizer: PreTrainedTokenizerFast,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
 ) -> None:
     """Refuse a teacher whose vocabulary or EOS differs: its log-probs would score other tokens."""
     if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():

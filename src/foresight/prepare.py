@@ -26,8 +26,14 @@ from foresight.tasks import load_task
 # Chosen so that the base is weak (well over 30 points below the teacher) and the teacher strong.
 SCHEDULES: dict[str, tuple[int, int]] = {"arith": (150, 600), "modchain": (110, 600)}
 DEFAULT_SCHEDULE = (150, 600)
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-               "tokenizer_config.json", "special_tokens_map.json")
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def copy_model_files(checkpoint: Path, destination: Path) -> None:
@@ -40,50 +46,96 @@ def copy_model_files(checkpoint: Path, destination: Path) -> None:
             shutil.copy2(checkpoint / name, destination / name)
 
 
-def sft_config(task_cfg: TaskConfig, init_dir: Path, run_dir: Path, steps: int, base_step: int,
-               seed: int, max_new_tokens: int) -> Config:
-    return Config.model_validate({
-        "model": {"student": str(init_dir), "teacher": None},
-        "task": task_cfg.model_dump(mode="json"),
-        "rollout": {"prompts_per_step": 128, "max_new_tokens": max_new_tokens},
-        "optim": {"lr": 3e-3, "warmup_steps": 50, "schedule": "cosine", "weight_decay": 0.01},
-        # One thread: the reduction order, hence the bits of the result, then match on any machine.
-        "train": {"method": "sft", "steps": steps, "seed": seed, "out_dir": str(run_dir), "threads": 1,
-                  "checkpoint_every": steps, "checkpoint_at": [base_step]},
-        "eval": {"every": max(1, steps // 5), "n_prompts": 128, "sampled": False},
-        "log": {"tensorboard": False},
-    })
+def sft_config(
+    task_cfg: TaskConfig,
+    init_dir: Path,
+    run_dir: Path,
+    steps: int,
+    base_step: int,
+    seed: int,
+    max_new_tokens: int,
+) -> Config:
+    return Config.model_validate(
+        {
+            "model": {"student": str(init_dir), "teacher": None},
+            "task": task_cfg.model_dump(mode="json"),
+            "rollout": {"prompts_per_step": 128, "max_new_tokens": max_new_tokens},
+            "optim": {"lr": 3e-3, "warmup_steps": 50, "schedule": "cosine", "weight_decay": 0.01},
+            # One thread: the reduction order, hence the bits of the result, then match on any machine.
+            "train": {
+                "method": "sft",
+                "steps": steps,
+                "seed": seed,
+                "out_dir": str(run_dir),
+                "threads": 1,
+                "checkpoint_every": steps,
+                "checkpoint_at": [base_step],
+            },
+            "eval": {"every": max(1, steps // 5), "n_prompts": 128, "sampled": False},
+            "log": {"tensorboard": False},
+        }
+    )
 
 
-def prepare_task(task_cfg: TaskConfig, out_dir: Path, size: str = "tiny", seed: int = 0,
-                 base_steps: int | None = None, teacher_steps: int | None = None,
-                 max_new_tokens: int = 64) -> dict[str, float | str]:
+def prepare_task(
+    task_cfg: TaskConfig,
+    out_dir: Path,
+    size: str = "tiny",
+    seed: int = 0,
+    base_steps: int | None = None,
+    teacher_steps: int | None = None,
+    max_new_tokens: int = 64,
+) -> dict[str, float | str]:
     """Train base and teacher for one task into out_dir/{base,teacher}; return their accuracies."""
     task = load_task(task_cfg)
     default_base, default_teacher = SCHEDULES.get(task_cfg.name, DEFAULT_SCHEDULE)
     base_steps, teacher_steps = base_steps or default_base, teacher_steps or default_teacher
     if base_steps >= teacher_steps:
-        raise UserError(f"base steps ({base_steps}) must be fewer than teacher steps ({teacher_steps}).")
+        raise UserError(
+            f"base steps ({base_steps}) must be fewer than teacher steps ({teacher_steps})."
+        )
     if not all(e.solution for e in task.sample("train", 64, seed)):
-        raise UserError(f"Task '{task.name}' has examples without a 'solution'; prepare needs worked "
-                        "solutions to train on (add a 'solution' field to every JSONL line).")
+        raise UserError(
+            f"Task '{task.name}' has examples without a 'solution'; prepare needs worked "
+            "solutions to train on (add a 'solution' field to every JSONL line)."
+        )
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as scratch:
         init_dir = Path(scratch) / "init"
         tokenizer = build_char_tokenizer(task.alphabet)
         build_tiny_model(len(tokenizer), size, seed).save_pretrained(init_dir)
         tokenizer.save_pretrained(init_dir)
-        cfg = sft_config(task_cfg, init_dir, Path(scratch) / "run", teacher_steps, base_steps, seed,
-                         max_new_tokens)
+        cfg = sft_config(
+            task_cfg,
+            init_dir,
+            Path(scratch) / "run",
+            teacher_steps,
+            base_steps,
+            seed,
+            max_new_tokens,
+        )
         run_dir = train(cfg)
         copy_model_files(run_dir / "checkpoints" / f"step-{base_steps:06d}", out_dir / "base")
         copy_model_files(run_dir / "checkpoints" / f"step-{teacher_steps:06d}", out_dir / "teacher")
-    summary: dict[str, float | str] = {"task": task.name, "size": size, "seed": seed,
-                                       "base_steps": base_steps, "teacher_steps": teacher_steps}
+    summary: dict[str, float | str] = {
+        "task": task.name,
+        "size": size,
+        "seed": seed,
+        "base_steps": base_steps,
+        "teacher_steps": teacher_steps,
+    }
     for role in ("base", "teacher"):
         model = load_model(out_dir / role, role)
-        scores = evaluate(model, load_tokenizer(out_dir / role, role), task, "test", 500,
-                          max_new_tokens, 256, sampled=False)
+        scores = evaluate(
+            model,
+            load_tokenizer(out_dir / role, role),
+            task,
+            "test",
+            500,
+            max_new_tokens,
+            256,
+            sampled=False,
+        )
         summary[f"{role}_accuracy"] = scores["eval/accuracy"]
     (out_dir / "prepare.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -48,9 +48,10 @@ class WeightProbe(TrainerCallback):
 def load_pair(micro_pair):
     student_dir, teacher_dir = micro_pair
     tokenizer = AutoTokenizer.from_pretrained(student_dir, local_files_only=True)
-    student, teacher = (AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
-                                                             dtype=torch.float32)
-                        for folder in (student_dir, teacher_dir))
+    student, teacher = (
+        AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        for folder in (student_dir, teacher_dir)
+    )
     return tokenizer, student, teacher
 
 
@@ -65,12 +66,26 @@ def test_effopd_callback_accepts_inside_trl_distillation_trainer(micro_pair, tmp
     # Standard (non-conversational) prompts: the char tokenizer has no chat template, and TRL then
     # tokenizes the raw text. BOS is written into the text, as foresight's own rollouts prepend it.
     train_dataset = datasets.Dataset.from_list(
-        [{"prompt": tokenizer.bos_token + e.prompt} for e in task.sample("train", 16, 0)])
+        [{"prompt": tokenizer.bos_token + e.prompt} for e in task.sample("train", 16, 0)]
+    )
 
-    cfg = EffOPDConfig(enabled=True, schedule="pow2", signal="kl", multipliers=[0.5, 1.0, 2.0],
-                       accept="ge", n_prompts=12)
-    validator = make_validator("kl", task, tokenizer, task.sample("train", cfg.n_prompts, 1),
-                               MAX_NEW_TOKENS, seed=0, teacher=teacher)
+    cfg = EffOPDConfig(
+        enabled=True,
+        schedule="pow2",
+        signal="kl",
+        multipliers=[0.5, 1.0, 2.0],
+        accept="ge",
+        n_prompts=12,
+    )
+    validator = make_validator(
+        "kl",
+        task,
+        tokenizer,
+        task.sample("train", cfg.n_prompts, 1),
+        MAX_NEW_TOKENS,
+        seed=0,
+        teacher=teacher,
+    )
     effopd = EffOPD(cfg, student, validator)
     before, after = WeightProbe(effopd), WeightProbe(effopd)
 
@@ -78,17 +93,34 @@ def test_effopd_callback_accepts_inside_trl_distillation_trainer(micro_pair, tmp
     initial_teacher = {n: p.detach().clone() for n, p in teacher.named_parameters()}
 
     args = trl.DistillationConfig(
-        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, fp16=False,
-        gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=1,
-        max_steps=STEPS, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-        max_completion_length=MAX_NEW_TOKENS, learning_rate=LEARNING_RATE,
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        max_steps=STEPS,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_completion_length=MAX_NEW_TOKENS,
+        learning_rate=LEARNING_RATE,
         # beta=1: reverse KL. TRL 1.x's DistillationTrainer has no lmbda: always fully on-policy.
-        lr_scheduler_type="constant", beta=1.0,
-        temperature=1.0, disable_dropout=True, seed=0, dataloader_num_workers=0,
+        lr_scheduler_type="constant",
+        beta=1.0,
+        temperature=1.0,
+        disable_dropout=True,
+        seed=0,
+        dataloader_num_workers=0,
     )
     trainer = trl.DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset,
-        processing_class=tokenizer, callbacks=[before, EffOPDCallback(effopd), after],
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        callbacks=[before, EffOPDCallback(effopd), after],
     )
     trainer.train()
 
@@ -131,8 +163,11 @@ def test_effopd_callback_accepts_inside_trl_distillation_trainer(micro_pair, tmp
             assert torch.equal(seen_after["anchor"][name], kept)
 
     # Training moved the student (the extrapolated tensors included); the teacher is untouched.
-    moved = [name for name, param in student.named_parameters()
-             if not torch.equal(param.detach(), initial_student[name])]
+    moved = [
+        name
+        for name, param in student.named_parameters()
+        if not torch.equal(param.detach(), initial_student[name])
+    ]
     assert set(effopd.params) <= set(moved)
     for name, param in teacher.named_parameters():
         assert torch.equal(param.detach(), initial_teacher[name])

@@ -20,8 +20,15 @@ from foresight.log import read_metrics
 from foresight.models import load_model
 from foresight.opd.train import train
 
-SIZES = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-             num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+SIZES = dict(
+    vocab_size=32,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=8,
+)
 
 
 def tiny(family: str) -> torch.nn.Module:
@@ -33,9 +40,11 @@ def tiny(family: str) -> torch.nn.Module:
 
 def scripted_validator(scores: list[float]):
     """A validator returning scores[i] on its i-th call in each search (index 0 = W_t)."""
+
     def begin(model, step):
         calls = iter(scores)
         return lambda candidate: next(calls)
+
     return begin
 
 
@@ -69,7 +78,9 @@ def moved_model(step_size: float = 0.01):
 @pytest.mark.parametrize("accepted_count", [0, 1, 2, 5])
 def test_after_k_acceptances_weights_are_anchor_plus_2k_plus_1_delta(accepted_count):
     model, anchor = moved_model()
-    scores = [0.5 + 0.1 * i for i in range(accepted_count + 1)] + [0.0] * 6  # rises k times, then drops
+    scores = [0.5 + 0.1 * i for i in range(accepted_count + 1)] + [
+        0.0
+    ] * 6  # rises k times, then drops
     effopd = EffOPD(EffOPDConfig(), tiny("qwen3"), scripted_validator(scores))
     effopd.params = selected_parameters(model, EffOPDConfig().modules)
     effopd.anchor = {n: t.clone() for n, t in anchor.items()}
@@ -80,10 +91,14 @@ def test_after_k_acceptances_weights_are_anchor_plus_2k_plus_1_delta(accepted_co
     for name, param in effopd.params.items():
         expected = anchor[name] + (2 * k + 1) * (current[name] - anchor[name])
         torch.testing.assert_close(param.detach(), expected, rtol=1e-5, atol=1e-6)
-        assert torch.equal(effopd.anchor[name], param.detach())  # the anchor moves to the kept weights
+        assert torch.equal(
+            effopd.anchor[name], param.detach()
+        )  # the anchor moves to the kept weights
     if k == 0:
         for name, param in effopd.params.items():
-            assert torch.equal(param.detach(), current[name])  # rejected candidates undone bit for bit
+            assert torch.equal(
+                param.detach(), current[name]
+            )  # rejected candidates undone bit for bit
 
 
 def test_rejection_after_acceptance_restores_the_accepted_weights_exactly():
@@ -112,18 +127,27 @@ def test_non_trigger_steps_do_nothing():
 
 
 def effopd_rows(run_dir):
-    return {r["step"]: {k: v for k, v in r.items() if k.startswith("effopd/")}
-            for r in read_metrics(run_dir) if "effopd/delta_norm" in r}
+    return {
+        r["step"]: {k: v for k, v in r.items() if k.startswith("effopd/")}
+        for r in read_metrics(run_dir)
+        if "effopd/delta_norm" in r
+    }
 
 
-def test_anchor_is_checkpointed_and_a_resumed_run_matches_an_uninterrupted_one(micro_pair, tmp_path):
+def test_anchor_is_checkpointed_and_a_resumed_run_matches_an_uninterrupted_one(
+    micro_pair, tmp_path
+):
     effopd = {"enabled": True, "signal": "kl", "n_prompts": 8, "multipliers": [1.0, 2.0]}
     train(micro_config(*micro_pair, tmp_path / "full", train={"steps": 4}, effopd=effopd))
     train(micro_config(*micro_pair, tmp_path / "split", train={"steps": 3}, effopd=effopd))
     state = load_trainer_state(tmp_path / "split" / "checkpoints" / "step-000003")
-    assert set(state["effopd"]["anchor"]) == set(selected_parameters(tiny_like(micro_pair[0]),
-                                                                     EffOPDConfig().modules))
-    train(micro_config(*micro_pair, tmp_path / "split", train={"steps": 4}, effopd=effopd), resume=True)
+    assert set(state["effopd"]["anchor"]) == set(
+        selected_parameters(tiny_like(micro_pair[0]), EffOPDConfig().modules)
+    )
+    train(
+        micro_config(*micro_pair, tmp_path / "split", train={"steps": 4}, effopd=effopd),
+        resume=True,
+    )
     # ‖W_4 − anchor‖ at the step-4 search depends on the anchor restored from the checkpoint.
     assert effopd_rows(tmp_path / "split") == effopd_rows(tmp_path / "full")
     assert sorted(effopd_rows(tmp_path / "full")) == [1, 2, 4]

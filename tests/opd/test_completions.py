@@ -23,10 +23,16 @@ def test_teacher_completions_are_cached_and_reused_on_resume(micro_pair, tmp_pat
     assert [json.loads(line)["step"] for line in cached] == [1, 2]
     calls = []
     real_sample = completions.sample
-    monkeypatch.setattr(completions, "sample", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
-    (tmp_path / "run" / "checkpoints" / "step-000002").rename(tmp_path / "run" / "checkpoints" / "x")
+    monkeypatch.setattr(
+        completions, "sample", lambda *a, **k: calls.append(1) or real_sample(*a, **k)
+    )
+    (tmp_path / "run" / "checkpoints" / "step-000002").rename(
+        tmp_path / "run" / "checkpoints" / "x"
+    )
     train(micro_config(*micro_pair, tmp_path / "run", train={**sft, "steps": 3}), resume=True)
-    assert len(calls) == 1  # step 2 (redone from checkpoint 1) read from the cache; only step 3 sampled
+    assert (
+        len(calls) == 1
+    )  # step 2 (redone from checkpoint 1) read from the cache; only step 3 sampled
     lines = (tmp_path / "run" / "teacher_completions.jsonl").read_text().splitlines()
     assert lines[:2] == cached and json.loads(lines[2])["step"] == 3
 
@@ -38,8 +44,8 @@ def test_sft_masks_equal_the_masks_of_the_same_tokens_sampled_on_policy(micro_pa
     forced = teacher_forced(trainer.tokenizer, [""] * len(texts), texts)
     eos, compared = trainer.tokenizer.eos_token_id, 0
     for row in range(len(texts)):
-        generated = sampled.completion_mask[row, sampled.prompt_width:]  # (G,)
-        if bool((sampled.ids[row, sampled.prompt_width:][generated.bool()] == eos).any()):
+        generated = sampled.completion_mask[row, sampled.prompt_width :]  # (G,)
+        if bool((sampled.ids[row, sampled.prompt_width :][generated.bool()] == eos).any()):
             # The same tokens plus their EOS are trained, and nothing else.
             assert int(forced.completion_mask[row].sum()) == int(generated.sum())
             compared += 1
@@ -47,12 +53,17 @@ def test_sft_masks_equal_the_masks_of_the_same_tokens_sampled_on_policy(micro_pa
 
 
 def test_rl_rows_are_grouped_by_prompt_with_rewards(micro_pair, tmp_path):
-    cfg = micro_config(*micro_pair, tmp_path / "run", train={"method": "rl"},
-                       rollout={"group_size": 4, "prompts_per_step": 3}, model={"teacher": None})
+    cfg = micro_config(
+        *micro_pair,
+        tmp_path / "run",
+        train={"method": "rl"},
+        rollout={"group_size": 4, "prompts_per_step": 3},
+        model={"teacher": None},
+    )
     trainer = setup(cfg)
     batch = make_batch(trainer, 1)
     assert batch.rollout.ids.shape[0] == 12 and batch.rewards.shape == (12,)
-    prompts = batch.rollout.ids[:, :batch.rollout.prompt_width]
+    prompts = batch.rollout.ids[:, : batch.rollout.prompt_width]
     for group in range(3):
         assert torch.equal(prompts[4 * group], prompts[4 * group + 3])
 

@@ -28,7 +28,9 @@ def test_clipped_loss_matches_a_hand_computed_example():
     old = torch.log(torch.tensor([[0.25, 0.4, 0.3]], dtype=torch.float64))
     advantages = torch.tensor([[1.0, -1.0, 2.0]], dtype=torch.float64)
     mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
-    loss = clipped_policy_loss(student, advantages, mask, n_tokens=2, clip_eps=0.2, old_logprobs=old)
+    loss = clipped_policy_loss(
+        student, advantages, mask, n_tokens=2, clip_eps=0.2, old_logprobs=old
+    )
     # token 0: r = 2, A = 1 -> min(2, 1.2) = 1.2; token 1: r = 0.5, A = -1 -> min(-0.5, -0.8) = -0.8;
     # token 2 is masked. loss = -(1.2 - 0.8) / 2.
     assert loss.item() == pytest.approx(-0.2, rel=1e-12)
@@ -51,8 +53,9 @@ def test_a_toy_policy_learns_the_rewarded_token():
     logits = torch.zeros(5, requires_grad=True)
     optimizer = torch.optim.SGD([logits], lr=0.5)
     for _ in range(30):
-        samples = torch.multinomial(torch.softmax(logits.detach(), -1), 16, replacement=True,
-                                    generator=generator)  # one group of 16
+        samples = torch.multinomial(
+            torch.softmax(logits.detach(), -1), 16, replacement=True, generator=generator
+        )  # one group of 16
         rewards = (samples == 2).float()
         logp = torch.log_softmax(logits, -1)[samples][None]  # (1, 16): one token per completion
         advantages = group_advantages(rewards, 16)[None]

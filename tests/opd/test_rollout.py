@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from foresight.models import build_char_tokenizer, load_model, load_tokenizer
+from foresight.opd.loss import masked_sum_loss
 from foresight.opd.rollout import decode_completions, sample, teacher_forced
 from foresight.opd.scoring import score_tokens
-from foresight.opd.loss import masked_sum_loss
 
 
 class ScriptedModel(torch.nn.Module):
@@ -45,30 +45,45 @@ def test_sample_masks_follow_generation_not_token_ids(tokenizer):
     eos = tokenizer.eos_token_id
     five, six = tokenizer.convert_tokens_to_ids(["5", "6"])
     script = [[five, six, eos], [eos], [six, six, six, six]]  # row 2 never stops: hits the cap
-    rollout = sample(ScriptedModel(script, len(tokenizer)), tokenizer, ["1+2=", "3=", "45+6="],
-                     max_new_tokens=4, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    rollout = sample(
+        ScriptedModel(script, len(tokenizer)),
+        tokenizer,
+        ["1+2=", "3=", "45+6="],
+        max_new_tokens=4,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     width = rollout.prompt_width
     assert width == 6  # BOS + longest prompt
     assert rollout.completion_mask[:, :width].sum() == 0  # the prompt is never trained
     assert rollout.completion_mask[:, width:].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
-    assert rollout.ids[0, width:width + 3].tolist() == [five, six, eos]  # EOS kept and masked in
-    assert rollout.ids[1, width + 1:].tolist() == [tokenizer.pad_token_id] * 3
+    assert rollout.ids[0, width : width + 3].tolist() == [five, six, eos]  # EOS kept and masked in
+    assert rollout.ids[1, width + 1 :].tolist() == [tokenizer.pad_token_id] * 3
     assert decode_completions(tokenizer, rollout) == ["56", "", "6666"]
     # Left padding: each row's positions start at 0 on its first real token.
-    assert rollout.position_ids[1, width - 3:width].tolist() == [0, 1, 2]
+    assert rollout.position_ids[1, width - 3 : width].tolist() == [0, 1, 2]
 
 
 def test_loss_sees_completion_and_eos_but_never_prompt_or_padding(micro_pair, tokenizer):
     model = load_model(micro_pair[0], "student").double()
     base_tokenizer = load_tokenizer(micro_pair[0], "student")
-    tokenizer = base_tokenizer if tokenizer.pad_token_id != tokenizer.eos_token_id else _pad_as_eos(base_tokenizer)
+    tokenizer = (
+        base_tokenizer
+        if tokenizer.pad_token_id != tokenizer.eos_token_id
+        else _pad_as_eos(base_tokenizer)
+    )
     rollout = teacher_forced(tokenizer, ["1+2=", "12+3="], ["1+2=3#3", "4#4"])
     mask = rollout.completion_mask[:, 1:].double()  # (B, T-1): position t predicts ids[:, t+1]
     assert mask.sum(1).tolist() == [8.0, 4.0]  # every completion char plus its EOS
 
     def loss_of(ids: torch.Tensor) -> float:
-        changed = type(rollout)(ids, rollout.attention_mask, rollout.position_ids,
-                                rollout.completion_mask, rollout.prompt_width)
+        changed = type(rollout)(
+            ids,
+            rollout.attention_mask,
+            rollout.position_ids,
+            rollout.completion_mask,
+            rollout.prompt_width,
+        )
         scores = score_tokens(model, changed)
         return masked_sum_loss(-scores.student_logprobs, mask, mask.sum()).item()
 

@@ -38,8 +38,9 @@ def write(params: dict[str, torch.nn.Parameter], weights: Weights) -> None:
 
 
 @torch.no_grad()
-def write_candidate(params: dict[str, torch.nn.Parameter], current: Weights, anchor: Weights,
-                    multiplier: float) -> None:
+def write_candidate(
+    params: dict[str, torch.nn.Parameter], current: Weights, anchor: Weights, multiplier: float
+) -> None:
     """Set each selected parameter to W_t + m·(W_t − anchor)."""
     for name, param in params.items():
         w_t = current[name]

@@ -18,7 +18,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from foresight.config import EffOPDConfig
-from foresight.effopd.extrapolate import selected_parameters, snapshot, update_norm, write, write_candidate
+from foresight.effopd.extrapolate import (
+    selected_parameters,
+    snapshot,
+    update_norm,
+    write,
+    write_candidate,
+)
 from foresight.errors import UserError
 from foresight.evaluate import accuracy, mean_reverse_kl
 from foresight.opd.rollout import decode_completions, sample
@@ -34,8 +40,15 @@ def is_search_step(cfg: EffOPDConfig, step: int) -> bool:
     return step % cfg.every == 0
 
 
-def make_validator(signal: str, task: Task, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
-                   max_new_tokens: int, seed: int, teacher: PreTrainedModel | None = None) -> Validator:
+def make_validator(
+    signal: str,
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    max_new_tokens: int,
+    seed: int,
+    teacher: PreTrainedModel | None = None,
+) -> Validator:
     """The validation score V of a search.
 
     accuracy: share of verified one-sample (T=1) completions, the paper's V. All candidates of one
@@ -48,13 +61,21 @@ def make_validator(signal: str, task: Task, tokenizer: PreTrainedTokenizerBase, 
     def begin(model: torch.nn.Module, step: int) -> Callable[[torch.nn.Module], float]:
         search_seed = seed * 1_000_003 + step
         if signal == "accuracy":
+
             def score(candidate: torch.nn.Module) -> float:
                 generator = torch.Generator().manual_seed(search_seed)
                 rollout = sample(candidate, tokenizer, prompts, max_new_tokens, 1.0, generator)
                 return accuracy(task, decode_completions(tokenizer, rollout), answers)
+
             return score
-        rollout = sample(model, tokenizer, prompts, max_new_tokens, 1.0,
-                         torch.Generator().manual_seed(search_seed))
+        rollout = sample(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            1.0,
+            torch.Generator().manual_seed(search_seed),
+        )
         return lambda candidate: -mean_reverse_kl(candidate, teacher, rollout)
 
     return begin
@@ -67,8 +88,10 @@ class EffOPD:
         self.cfg, self.validator = cfg, validator
         self.params = selected_parameters(model, cfg.modules)
         if not self.params:
-            raise UserError(f"effopd.modules {cfg.modules} select no 2-D weight of this model; use "
-                            "kinds among q, k, v, o, gate, up, down.")
+            raise UserError(
+                f"effopd.modules {cfg.modules} select no 2-D weight of this model; use "
+                "kinds among q, k, v, o, gate, up, down."
+            )
         self.anchor = snapshot(self.params)
         self.history: list[dict[str, Any]] = []
 
@@ -86,7 +109,9 @@ class EffOPD:
         for multiplier in self.cfg.multipliers:
             write_candidate(self.params, current, self.anchor, multiplier)
             scores[multiplier] = score(model)
-            better = scores[multiplier] >= best if self.cfg.accept == "ge" else scores[multiplier] > best
+            better = (
+                scores[multiplier] >= best if self.cfg.accept == "ge" else scores[multiplier] > best
+            )
             if not better:
                 break
             best, accepted = scores[multiplier], multiplier
@@ -97,12 +122,23 @@ class EffOPD:
         delta_norm = update_norm(current, self.anchor)
         self.anchor = snapshot(self.params)
         model.train(was_training)
-        record = {"step": step, "initial_score": initial, "scores": scores, "accepted": accepted,
-                  "best_score": best, "delta_norm": delta_norm, "seconds": time.perf_counter() - started}
+        record = {
+            "step": step,
+            "initial_score": initial,
+            "scores": scores,
+            "accepted": accepted,
+            "best_score": best,
+            "delta_norm": delta_norm,
+            "seconds": time.perf_counter() - started,
+        }
         self.history.append(record)
-        stats = {"effopd/accepted_multiplier": accepted, "effopd/initial_score": initial,
-                 "effopd/best_score": best, "effopd/delta_norm": delta_norm,
-                 "time/effopd_s": record["seconds"]}
+        stats = {
+            "effopd/accepted_multiplier": accepted,
+            "effopd/initial_score": initial,
+            "effopd/best_score": best,
+            "effopd/delta_norm": delta_norm,
+            "time/effopd_s": record["seconds"],
+        }
         stats |= {f"effopd/score@{m:g}": s for m, s in scores.items()}
         return stats
 

@@ -18,7 +18,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.config import Config
 from foresight.errors import UserError
-from foresight.opd.rollout import Rollout, decode_completions, ended_with_eos, sample, teacher_forced
+from foresight.opd.rollout import (
+    Rollout,
+    decode_completions,
+    ended_with_eos,
+    sample,
+    teacher_forced,
+)
 from foresight.tasks import Example, Task
 
 
@@ -48,15 +54,34 @@ class TeacherCompletions:
                     continue  # a line cut short by a kill: that step is sampled again
                 self.by_step[record["step"]] = (record["completions"], record["ended"])
 
-    def get(self, step: int, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-            prompts: list[str], cfg: Config) -> tuple[list[str], list[bool]]:
+    def get(
+        self,
+        step: int,
+        teacher: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[str],
+        cfg: Config,
+    ) -> tuple[list[str], list[bool]]:
         """The teacher's completions for this step's prompts, and whether each ended at EOS."""
         if step not in self.by_step:
             generator = torch.Generator().manual_seed(stream_seed(cfg.train.seed, step, 3))
-            rollout = sample(teacher, tokenizer, prompts, cfg.rollout.max_new_tokens,
-                             cfg.rollout.temperature, generator)
-            self.by_step[step] = (decode_completions(tokenizer, rollout), ended_with_eos(tokenizer, rollout))
-            record = {"step": step, "completions": self.by_step[step][0], "ended": self.by_step[step][1]}
+            rollout = sample(
+                teacher,
+                tokenizer,
+                prompts,
+                cfg.rollout.max_new_tokens,
+                cfg.rollout.temperature,
+                generator,
+            )
+            self.by_step[step] = (
+                decode_completions(tokenizer, rollout),
+                ended_with_eos(tokenizer, rollout),
+            )
+            record = {
+                "step": step,
+                "completions": self.by_step[step][0],
+                "ended": self.by_step[step][1],
+            }
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         return self.by_step[step]
@@ -66,37 +91,62 @@ def step_examples(task: Task, cfg: Config, step: int) -> list[Example]:
     return task.sample("train", cfg.rollout.prompts_per_step, stream_seed(cfg.train.seed, step, 0))
 
 
-def student_batch(student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
-                  examples: list[Example], cfg: Config, step: int) -> StepBatch:
+def student_batch(
+    student: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: list[Example],
+    cfg: Config,
+    step: int,
+) -> StepBatch:
     """On-policy samples; for rl, G per prompt (rows grouped by prompt) with their rewards."""
     group = cfg.rollout.group_size
     prompts = [e.prompt for e in examples for _ in range(group)]
     generator = torch.Generator().manual_seed(stream_seed(cfg.train.seed, step, 1))
     student.eval()  # sampling: no dropout, no autograd
-    rollout = sample(student, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature,
-                     generator)
+    rollout = sample(
+        student, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, generator
+    )
     student.train()
     if cfg.train.method != "rl":
         return StepBatch(rollout, None)
     answers = [e.answer for e in examples for _ in range(group)]
     completions = decode_completions(tokenizer, rollout)
-    rewards = torch.tensor([float(task.verify(c, a)) for c, a in zip(completions, answers)])  # (B·G,)
+    rewards = torch.tensor(
+        [float(task.verify(c, a)) for c, a in zip(completions, answers)]
+    )  # (B·G,)
     return StepBatch(rollout, rewards)
 
 
-def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, examples: list[Example], cfg: Config,
-              step: int, teacher: PreTrainedModel | None, cache: TeacherCompletions | None) -> StepBatch:
+def sft_batch(
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    cfg: Config,
+    step: int,
+    teacher: PreTrainedModel | None,
+    cache: TeacherCompletions | None,
+) -> StepBatch:
     prompts = [e.prompt for e in examples]
     if cfg.train.sft_source == "solutions":
         if not all(e.solution for e in examples):
-            raise UserError("SFT on solutions needs a 'solution' on every training example; add it to "
-                            "the JSONL file or set train.sft_source=teacher.")
+            raise UserError(
+                "SFT on solutions needs a 'solution' on every training example; add it to "
+                "the JSONL file or set train.sft_source=teacher."
+            )
         return StepBatch(teacher_forced(tokenizer, prompts, [e.solution for e in examples]), None)
     completions, ended = cache.get(step, teacher, tokenizer, prompts, cfg)
     rollout = teacher_forced(tokenizer, prompts, completions, ended)
     if cfg.train.sft_verified_only:
         # Rejected rows stay in the batch with no trained token, so shapes never depend on luck.
-        kept = torch.tensor([task.verify(c, e.answer) for c, e in zip(completions, examples)])  # (B,)
-        rollout = Rollout(rollout.ids, rollout.attention_mask, rollout.position_ids,
-                          rollout.completion_mask * kept[:, None].long(), rollout.prompt_width)
+        kept = torch.tensor(
+            [task.verify(c, e.answer) for c, e in zip(completions, examples)]
+        )  # (B,)
+        rollout = Rollout(
+            rollout.ids,
+            rollout.attention_mask,
+            rollout.position_ids,
+            rollout.completion_mask * kept[:, None].long(),
+            rollout.prompt_width,
+        )
     return StepBatch(rollout, None)

@@ -22,8 +22,12 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def sampled_token_loss(
-    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor,
-    n_tokens: int | torch.Tensor, clip_eps: float, old_logprobs: torch.Tensor | None = None,
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    n_tokens: int | torch.Tensor,
+    clip_eps: float,
+    old_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled-token reverse KL as a per-token advantage, PPO-clipped (paper §2, verl's OPD).
 
@@ -41,8 +45,12 @@ def sampled_token_loss(
 
 
 def clipped_policy_loss(
-    student_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-    n_tokens: int | torch.Tensor, clip_eps: float, old_logprobs: torch.Tensor | None = None,
+    student_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    n_tokens: int | torch.Tensor,
+    clip_eps: float,
+    old_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PPO-clip policy-gradient loss with token-level aggregation over the whole step.
 
@@ -65,7 +73,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
     """
     grouped = rewards.reshape(-1, group_size).double()  # (B, G)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
-    std = grouped.std(dim=1, keepdim=True, unbiased=False) if group_size > 1 else torch.ones_like(centred)
+    std = (
+        grouped.std(dim=1, keepdim=True, unbiased=False)
+        if group_size > 1
+        else torch.ones_like(centred)
+    )
     return (centred / (std + eps)).reshape(-1).to(rewards.dtype)
 
 
@@ -90,7 +102,9 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> to
     return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
 
 
-def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float) -> torch.Tensor:
+def generalized_jsd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float
+) -> torch.Tensor:
     """Generalized Jensen-Shannon divergence per position (GKD, Agarwal et al. 2024). (B, T).
 
     m = β p_T + (1-β) p_S;  GJSD_β = β KL(p_T ‖ m) + (1-β) KL(p_S ‖ m).
@@ -111,7 +125,9 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return beta * kl_teacher + (1.0 - beta) * kl_student
 
 
-def divergence(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float) -> torch.Tensor:
+def divergence(
+    kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float
+) -> torch.Tensor:
     """Per-position full-vocabulary divergence chosen by name (config `loss.kind`). (B, T)."""
     if kind == "reverse_kl":
         return reverse_kl(student_logits, teacher_logits)
@@ -122,6 +138,8 @@ def divergence(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Te
     raise ValueError(f"not a full-vocabulary divergence: {kind}")
 
 
-def masked_sum_loss(per_token: torch.Tensor, mask: torch.Tensor, n_tokens: int | torch.Tensor) -> torch.Tensor:
+def masked_sum_loss(
+    per_token: torch.Tensor, mask: torch.Tensor, n_tokens: int | torch.Tensor
+) -> torch.Tensor:
     """Σ mask · per_token / n_tokens: token-mean over the whole step (see module docstring)."""
     return (per_token * mask).sum() / n_tokens

@@ -23,14 +23,25 @@ class Rollout:
 
     def rows(self, index: slice) -> Rollout:
         """The sub-rollout of rows `index` (a micro-batch)."""
-        return Rollout(self.ids[index], self.attention_mask[index], self.position_ids[index],
-                       self.completion_mask[index], self.prompt_width)
+        return Rollout(
+            self.ids[index],
+            self.attention_mask[index],
+            self.position_ids[index],
+            self.completion_mask[index],
+            self.prompt_width,
+        )
 
     def completion_ids(self) -> list[list[int]]:
         """Each row's generated tokens (its EOS included, when it has one)."""
         rows = []
         for ids_row, mask_row in zip(self.ids.tolist(), self.completion_mask.tolist()):
-            rows.append([t for t, m in zip(ids_row[self.prompt_width:], mask_row[self.prompt_width:]) if m])
+            rows.append(
+                [
+                    t
+                    for t, m in zip(ids_row[self.prompt_width :], mask_row[self.prompt_width :])
+                    if m
+                ]
+            )
         return rows
 
 
@@ -47,8 +58,8 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, P)
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, P)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     return ids, mask
 
 
@@ -59,8 +70,13 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-    max_new_tokens: int, temperature: float, generator: torch.Generator | None, greedy: bool = False,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator | None,
+    greedy: bool = False,
 ) -> Rollout:
     """Generate one completion per prompt; stop each row at EOS and the batch when all rows stopped.
 
@@ -75,8 +91,13 @@ def sample(
     attention = prompt_mask
     position = positions(prompt_mask)
     cache = DynamicCache()
-    logits = model(input_ids=prompt_ids, attention_mask=attention, position_ids=position,
-                   cache=cache, use_cache=True).logits[:, -1]  # (B, V)
+    logits = model(
+        input_ids=prompt_ids,
+        attention_mask=attention,
+        position_ids=position,
+        cache=cache,
+        use_cache=True,
+    ).logits[:, -1]  # (B, V)
     next_position = position[:, -1:] + 1  # (B, 1)
     alive = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
     new_tokens, new_mask = [], []
@@ -93,16 +114,22 @@ def sample(
         if not bool(alive.any()) or len(new_tokens) == max_new_tokens:
             break  # no forward pass for logits nobody will sample from
         attention = torch.cat([attention, new_mask[-1][:, None]], dim=1)
-        logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
-                       cache=cache, use_cache=True).logits[:, -1]
+        logits = model(
+            input_ids=token[:, None],
+            attention_mask=attention,
+            position_ids=next_position,
+            cache=cache,
+            use_cache=True,
+        ).logits[:, -1]
         next_position = next_position + 1
     completion = torch.stack(new_tokens, dim=1)  # (B, G)
     completion_mask = torch.stack(new_mask, dim=1)  # (B, G)
     ids = torch.cat([prompt_ids, completion], dim=1)  # (B, T)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, T)
     full_completion_mask = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)
-    return Rollout(ids, attention_mask, positions(attention_mask), full_completion_mask,
-                   prompt_ids.shape[1])
+    return Rollout(
+        ids, attention_mask, positions(attention_mask), full_completion_mask, prompt_ids.shape[1]
+    )
 
 
 def ended_with_eos(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[bool]:
@@ -117,8 +144,12 @@ def decode_completions(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> 
     return tokenizer.batch_decode(rows, skip_special_tokens=False)
 
 
-def teacher_forced(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str],
-                   ended: list[bool] | None = None) -> Rollout:
+def teacher_forced(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    completions: list[str],
+    ended: list[bool] | None = None,
+) -> Rollout:
     """A Rollout of given completions, EOS appended where the completion `ended` (default: all):
     a sample cut off at max_new_tokens must not teach the student to stop there."""
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -130,8 +161,13 @@ def teacher_forced(tokenizer: PreTrainedTokenizerBase, prompts: list[str], compl
     completion = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, G)
     completion_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, G)
     for i, row in enumerate(completion_rows):
-        completion[i, :len(row)] = torch.tensor(row)
-        completion_mask[i, :len(row)] = 1
+        completion[i, : len(row)] = torch.tensor(row)
+        completion_mask[i, : len(row)] = 1
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, T)
-    return Rollout(torch.cat([prompt_ids, completion], dim=1), attention_mask, positions(attention_mask),
-                   torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1), prompt_ids.shape[1])
+    return Rollout(
+        torch.cat([prompt_ids, completion], dim=1),
+        attention_mask,
+        positions(attention_mask),
+        torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1),
+        prompt_ids.shape[1],
+    )

@@ -30,18 +30,27 @@ def hidden_states(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
     """The decoder's final hidden states (B, T, H), before the LM head."""
     device = model.device
     output = model.get_decoder()(
-        input_ids=rollout.ids.to(device), attention_mask=rollout.attention_mask.to(device),
-        position_ids=rollout.position_ids.to(device), use_cache=False,
+        input_ids=rollout.ids.to(device),
+        attention_mask=rollout.attention_mask.to(device),
+        position_ids=rollout.position_ids.to(device),
+        use_cache=False,
     )
     return output.last_hidden_state
 
 
 def _chunk_scores(
-    student_head: torch.nn.Module, teacher_head: torch.nn.Module | None, kind: str, beta: float,
-    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor | None, next_ids: torch.Tensor,
+    student_head: torch.nn.Module,
+    teacher_head: torch.nn.Module | None,
+    kind: str,
+    beta: float,
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    next_ids: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
     student_logits = student_head(student_hidden)  # (B, C, V)
-    student_logp = _log_softmax(student_logits).gather(-1, next_ids[..., None]).squeeze(-1)  # (B, C)
+    student_logp = (
+        _log_softmax(student_logits).gather(-1, next_ids[..., None]).squeeze(-1)
+    )  # (B, C)
     if teacher_head is None:
         return (student_logp,)
     with torch.no_grad():
@@ -59,8 +68,12 @@ def teacher_hidden_states(teacher: PreTrainedModel, rollout: Rollout) -> torch.T
 
 
 def score_tokens(
-    student: PreTrainedModel, rollout: Rollout, teacher: PreTrainedModel | None = None,
-    kind: str = "sampled_rkl", beta: float = 0.5, chunk_tokens: int = 64,
+    student: PreTrainedModel,
+    rollout: Rollout,
+    teacher: PreTrainedModel | None = None,
+    kind: str = "sampled_rkl",
+    beta: float = 0.5,
+    chunk_tokens: int = 64,
     teacher_hidden: torch.Tensor | None = None,
 ) -> TokenScores:
     """Student (with grad if enabled) and teacher (no grad) scores of the rollout's tokens.
@@ -80,8 +93,15 @@ def score_tokens(
     pieces: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, next_ids.shape[1], chunk_tokens):
         part = slice(start, start + chunk_tokens)
-        args = (student_head, teacher_head, kind, beta, student_hidden[:, part],
-                None if teacher_hidden is None else teacher_hidden[:, part], next_ids[:, part])
+        args = (
+            student_head,
+            teacher_head,
+            kind,
+            beta,
+            student_hidden[:, part],
+            None if teacher_hidden is None else teacher_hidden[:, part],
+            next_ids[:, part],
+        )
         if torch.is_grad_enabled() and student_hidden.requires_grad:
             # Recompute the chunk's logits in backward instead of storing (B, C, V) per chunk.
             pieces.append(checkpoint(_chunk_scores, *args, use_reentrant=False))

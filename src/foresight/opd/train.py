@@ -94,19 +94,34 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     # model.dtype=bfloat16 runs its forward passes under autocast instead (see `compute`).
     student = load_model(student_dir, "student", "float32", cfg.model.device)
     teacher = reference = None
-    if cfg.train.method == "opd" or (cfg.train.method == "sft" and cfg.train.sft_source == "teacher"):
+    if cfg.train.method == "opd" or (
+        cfg.train.method == "sft" and cfg.train.sft_source == "teacher"
+    ):
         if cfg.model.teacher is None:
-            raise UserError(f"train.method {cfg.train.method} here needs a teacher; set model.teacher "
-                            "to a model folder.")
-        teacher = frozen(load_model(cfg.model.teacher, "teacher", cfg.model.teacher_dtype,
-                                    cfg.model.teacher_device))
+            raise UserError(
+                f"train.method {cfg.train.method} here needs a teacher; set model.teacher "
+                "to a model folder."
+            )
+        teacher = frozen(
+            load_model(
+                cfg.model.teacher, "teacher", cfg.model.teacher_dtype, cfg.model.teacher_device
+            )
+        )
         check_pair(tokenizer, load_tokenizer(cfg.model.teacher, "teacher"), student, teacher)
     if cfg.train.method == "rl" and cfg.loss.kl_coef > 0:
         reference = frozen(load_model(cfg.model.student, "student", "float32", cfg.model.device))
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                  weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        student.parameters(),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        weight_decay=cfg.optim.weight_decay,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.train.steps))
-    cache = TeacherCompletions(cfg.train.out_dir) if teacher is not None and cfg.train.method == "sft" else None
+    cache = (
+        TeacherCompletions(cfg.train.out_dir)
+        if teacher is not None and cfg.train.method == "sft"
+        else None
+    )
     return Trainer(cfg, task, student, teacher, reference, tokenizer, optimizer, scheduler, cache)
 
 
@@ -123,37 +138,57 @@ def make_batch(t: Trainer, step: int) -> StepBatch:
     return student_batch(t.student, t.tokenizer, t.task, examples, t.cfg, step)
 
 
-def micro_batch_loss(t: Trainer, rollout: Rollout, advantages: torch.Tensor | None,
-                     frozen_hidden: torch.Tensor | None, n_tokens: torch.Tensor
-                     ) -> tuple[torch.Tensor, TokenScores]:
+def micro_batch_loss(
+    t: Trainer,
+    rollout: Rollout,
+    advantages: torch.Tensor | None,
+    frozen_hidden: torch.Tensor | None,
+    n_tokens: torch.Tensor,
+) -> tuple[torch.Tensor, TokenScores]:
     """Loss of one micro-batch, already divided by the step's token count (accumulation-safe)."""
     loss_cfg, method = t.cfg.loss, t.cfg.train.method
-    kind = loss_cfg.kind if method == "opd" else "sampled_rkl"  # rl/sft need sampled-token log-probs only
-    scores = score_tokens(t.student, rollout, t.scored_against(), kind, loss_cfg.beta,
-                          loss_cfg.chunk_tokens, frozen_hidden)
+    kind = (
+        loss_cfg.kind if method == "opd" else "sampled_rkl"
+    )  # rl/sft need sampled-token log-probs only
+    scores = score_tokens(
+        t.student,
+        rollout,
+        t.scored_against(),
+        kind,
+        loss_cfg.beta,
+        loss_cfg.chunk_tokens,
+        frozen_hidden,
+    )
     device, dtype = scores.student_logprobs.device, scores.student_logprobs.dtype
-    mask = rollout.completion_mask[:, 1:].to(device, dtype)  # (B, T-1): position t predicts ids[:, t+1]
+    mask = rollout.completion_mask[:, 1:].to(
+        device, dtype
+    )  # (B, T-1): position t predicts ids[:, t+1]
     if method == "sft":
         return masked_sum_loss(-scores.student_logprobs, mask, n_tokens), scores
     if method == "rl":
-        per_token_advantages = advantages.to(device)[:, None].expand_as(scores.student_logprobs)  # (B, T-1)
-        loss = clipped_policy_loss(scores.student_logprobs, per_token_advantages, mask, n_tokens,
-                                   loss_cfg.clip_eps)
+        per_token_advantages = advantages.to(device)[:, None].expand_as(
+            scores.student_logprobs
+        )  # (B, T-1)
+        loss = clipped_policy_loss(
+            scores.student_logprobs, per_token_advantages, mask, n_tokens, loss_cfg.clip_eps
+        )
         if scores.teacher_logprobs is not None:  # the reference model's, for the KL penalty
             penalty = k3_kl(scores.student_logprobs, scores.teacher_logprobs)
             loss = loss + loss_cfg.kl_coef * masked_sum_loss(penalty, mask, n_tokens)
         return loss, scores
     if kind == "sampled_rkl":
-        loss = sampled_token_loss(scores.student_logprobs, scores.teacher_logprobs, mask, n_tokens,
-                                  loss_cfg.clip_eps)
+        loss = sampled_token_loss(
+            scores.student_logprobs, scores.teacher_logprobs, mask, n_tokens, loss_cfg.clip_eps
+        )
         return loss, scores
     return masked_sum_loss(scores.divergence, mask, n_tokens), scores
 
 
 def compute(t: Trainer) -> torch.autocast:
     """bfloat16 autocast for the student's forward passes when model.dtype asks for it."""
-    return torch.autocast(t.student.device.type, dtype=torch.bfloat16,
-                          enabled=t.cfg.model.dtype == "bfloat16")
+    return torch.autocast(
+        t.student.device.type, dtype=torch.bfloat16, enabled=t.cfg.model.dtype == "bfloat16"
+    )
 
 
 def train_step(t: Trainer, step: int) -> dict[str, float]:
@@ -181,13 +216,17 @@ def _train_step(t: Trainer, step: int) -> dict[str, float]:
         part = slice(int(rows[0]), int(rows[-1]) + 1)
         hidden_part = None if frozen_hidden is None else frozen_hidden[part]
         advantages_part = None if advantages is None else advantages[part]
-        loss, scores = micro_batch_loss(t, rollout.rows(part), advantages_part, hidden_part, n_tokens)
+        loss, scores = micro_batch_loss(
+            t, rollout.rows(part), advantages_part, hidden_part, n_tokens
+        )
         loss.backward()
         totals["loss"] += loss.item()
         if scores.teacher_logprobs is not None:
             log_ratio = (scores.student_logprobs - scores.teacher_logprobs).detach()  # (b, T-1)
             totals["kl_sum"] += float((log_ratio * mask[part].to(log_ratio.device)).sum())
-    grad_norm = torch.nn.utils.clip_grad_norm_(t.student.parameters(), t.cfg.optim.grad_clip or math.inf)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        t.student.parameters(), t.cfg.optim.grad_clip or math.inf
+    )
     lr = t.scheduler.get_last_lr()[0]
     t.optimizer.step()
     t.scheduler.step()
@@ -195,10 +234,15 @@ def _train_step(t: Trainer, step: int) -> dict[str, float]:
     finished = time.perf_counter()
     lengths = rollout.completion_mask.sum(1).float()  # (B,)
     stats = {
-        "loss": totals["loss"], "rollout/len_mean": float(lengths.mean()),
-        "optim/lr": lr, "optim/grad_norm": float(grad_norm), "time/step_s": finished - started,
-        "time/rollout_s": rollout_s - started, "time/teacher_s": teacher_s - rollout_s,
-        "time/student_s": finished - teacher_s, "tokens/completion": float(n_tokens),
+        "loss": totals["loss"],
+        "rollout/len_mean": float(lengths.mean()),
+        "optim/lr": lr,
+        "optim/grad_norm": float(grad_norm),
+        "time/step_s": finished - started,
+        "time/rollout_s": rollout_s - started,
+        "time/teacher_s": teacher_s - rollout_s,
+        "time/student_s": finished - teacher_s,
+        "tokens/completion": float(n_tokens),
     }
     if target is not None:  # k1 estimate of the per-token KL to the teacher (opd) or reference (rl)
         stats["kl/mean"] = totals["kl_sum"] / float(n_tokens)
@@ -209,14 +253,26 @@ def _train_step(t: Trainer, step: int) -> dict[str, float]:
 
 def run_eval(t: Trainer) -> dict[str, float]:
     cfg = t.cfg
-    return evaluate(t.student, t.tokenizer, t.task, cfg.eval.split, cfg.eval.n_prompts,
-                    cfg.rollout.max_new_tokens, cfg.eval.batch_size,
-                    teacher=t.teacher if cfg.eval.teacher_kl else None, sampled=cfg.eval.sampled,
-                    seed=cfg.train.seed)
+    return evaluate(
+        t.student,
+        t.tokenizer,
+        t.task,
+        cfg.eval.split,
+        cfg.eval.n_prompts,
+        cfg.rollout.max_new_tokens,
+        cfg.eval.batch_size,
+        teacher=t.teacher if cfg.eval.teacher_kl else None,
+        sampled=cfg.eval.sampled,
+        seed=cfg.train.seed,
+    )
 
 
 def is_checkpoint_step(cfg: Config, step: int) -> bool:
-    return step % cfg.train.checkpoint_every == 0 or step in cfg.train.checkpoint_at or step == cfg.train.steps
+    return (
+        step % cfg.train.checkpoint_every == 0
+        or step in cfg.train.checkpoint_at
+        or step == cfg.train.steps
+    )
 
 
 def make_effopd(t: Trainer) -> EffOPD | None:
@@ -225,8 +281,15 @@ def make_effopd(t: Trainer) -> EffOPD | None:
     if not cfg.effopd.enabled:
         return None
     examples = t.task.sample("train", cfg.effopd.n_prompts, stream_seed(cfg.train.seed, 0, 2))
-    validator = make_validator(cfg.effopd.signal, t.task, t.tokenizer, examples,
-                               cfg.rollout.max_new_tokens, cfg.train.seed, t.teacher)
+    validator = make_validator(
+        cfg.effopd.signal,
+        t.task,
+        t.tokenizer,
+        examples,
+        cfg.rollout.max_new_tokens,
+        cfg.train.seed,
+        t.teacher,
+    )
     return EffOPD(cfg.effopd, t.student, validator)
 
 
@@ -279,8 +342,9 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> Path:
                 stats |= run_eval(t)
             logger.log(step, stats)
             if is_checkpoint_step(cfg, step):
-                save_checkpoint(cfg.train.out_dir, step, t.student, t.tokenizer, cfg,
-                                trainer_state(t, effopd))
+                save_checkpoint(
+                    cfg.train.out_dir, step, t.student, t.tokenizer, cfg, trainer_state(t, effopd)
+                )
     finally:
         logger.close()
     return Path(cfg.train.out_dir)
