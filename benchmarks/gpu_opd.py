@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from foresight.cli import quiet_libraries
 from foresight.config import Config
-from foresight.models import DTYPES, build_char_tokenizer
+from foresight.models import DTYPES, MODEL_SIZES, build_char_tokenizer
 from foresight.opd.train import Trainer, setup, train_step
 from foresight.tasks import TASKS
 
@@ -92,14 +92,7 @@ SMOKE_PLAN = Plan(
         num_key_value_heads=2,
         head_dim=16,
     ),
-    teacher=dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-    ),
+    teacher=MODEL_SIZES["tiny"],  # the embedded models' size
 )
 PHASES = {
     "generation": "time/rollout_s",
