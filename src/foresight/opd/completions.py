@@ -112,9 +112,8 @@ def student_batch(
         return StepBatch(rollout, None)
     answers = [e.answer for e in examples for _ in range(group)]
     completions = decode_completions(tokenizer, rollout)
-    rewards = torch.tensor(
-        [float(task.verify(c, a)) for c, a in zip(completions, answers)]
-    )  # (B·G,)
+    verified = [float(task.verify(c, a)) for c, a in zip(completions, answers)]
+    rewards = torch.tensor(verified)  # (B·G,)
     return StepBatch(rollout, rewards)
 
 

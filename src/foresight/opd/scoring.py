@@ -48,9 +48,7 @@ def _chunk_scores(
     next_ids: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
     student_logits = student_head(student_hidden)  # (B, C, V)
-    student_logp = (
-        _log_softmax(student_logits).gather(-1, next_ids[..., None]).squeeze(-1)
-    )  # (B, C)
+    student_logp = _log_softmax(student_logits).gather(-1, next_ids[..., None])[..., 0]  # (B, C)
     if teacher_head is None:
         return (student_logp,)
     with torch.no_grad():

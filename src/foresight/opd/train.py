@@ -147,9 +147,8 @@ def micro_batch_loss(
 ) -> tuple[torch.Tensor, TokenScores]:
     """Loss of one micro-batch, already divided by the step's token count (accumulation-safe)."""
     loss_cfg, method = t.cfg.loss, t.cfg.train.method
-    kind = (
-        loss_cfg.kind if method == "opd" else "sampled_rkl"
-    )  # rl/sft need sampled-token log-probs only
+    # rl and sft need only the sampled tokens' log-probs; opd uses the configured divergence.
+    kind = loss_cfg.kind if method == "opd" else "sampled_rkl"
     scores = score_tokens(
         t.student,
         rollout,
@@ -160,15 +159,13 @@ def micro_batch_loss(
         frozen_hidden,
     )
     device, dtype = scores.student_logprobs.device, scores.student_logprobs.dtype
-    mask = rollout.completion_mask[:, 1:].to(
-        device, dtype
-    )  # (B, T-1): position t predicts ids[:, t+1]
+    # (B, T-1): position t predicts ids[:, t+1], so the mask of ids shifts by one.
+    mask = rollout.completion_mask[:, 1:].to(device, dtype)
     if method == "sft":
         return masked_sum_loss(-scores.student_logprobs, mask, n_tokens), scores
     if method == "rl":
-        per_token_advantages = advantages.to(device)[:, None].expand_as(
-            scores.student_logprobs
-        )  # (B, T-1)
+        # One advantage per completion, shared by its tokens: (B,) -> (B, T-1).
+        per_token_advantages = advantages.to(device)[:, None].expand_as(scores.student_logprobs)
         loss = clipped_policy_loss(
             scores.student_logprobs, per_token_advantages, mask, n_tokens, loss_cfg.clip_eps
         )
