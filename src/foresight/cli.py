@@ -21,6 +21,8 @@ app = typer.Typer(
     help="On-policy distillation, foresight analysis and EffOPD.",
 )
 app.command("analyze")(analyze_command)
+# A --task ending so is a user file (tasks/userdata.py), not an embedded task's name.
+USER_FILE_SUFFIXES = (".jsonl", ".parquet", ".pq")
 
 SetOption = Annotated[
     list[str], typer.Option("--set", help="Override a config value: section.key=value.")
@@ -83,7 +85,7 @@ def prepare(
 
     if size not in MODEL_SIZES:
         raise UserError(f"Unknown model size '{size}'; use one of {', '.join(MODEL_SIZES)}.")
-    if task.endswith(".jsonl"):
+    if task.endswith(USER_FILE_SUFFIXES):
         targets = [(Path(task).stem, TaskConfig(name="jsonl", path=Path(task), verifier=verifier))]
     else:
         names = list(TASKS) if task == "all" else [task]
@@ -98,10 +100,44 @@ def prepare(
         )
 
 
+@app.command("compare")
+def compare_(
+    config: Annotated[Path, typer.Argument(help="Compare YAML (see configs/compare.yaml).")] = Path(
+        "configs/compare.yaml"
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="1 seed, short runs (compare.quick): minutes on a CPU.")
+    ] = False,
+    set_: SetOption = [],
+    overwrite: Annotated[bool, typer.Option(help="Delete the comparison's folder first.")] = False,
+) -> None:
+    """Train OPD, RL and SFT from one base over seeds, analyze them, report the paper's claims."""
+    from foresight.compare.run import compare
+
+    quiet_libraries()
+    compare(config, quick=quick, overrides=set_, overwrite=overwrite)
+
+
+@app.command("import-gguf")
+def import_gguf_(
+    file: Annotated[Path, typer.Argument(help="GGUF model file (quantized or not).")],
+    out_dir: Annotated[Path, typer.Argument(help="New Hugging Face model folder.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty OUT_DIR.")] = False,
+) -> None:
+    """Convert a GGUF model file into an ordinary HF folder (float32 safetensors + tokenizer)."""
+    import time
+
+    from foresight.gguf_import import import_gguf
+
+    started = time.perf_counter()
+    folder = import_gguf(file, out_dir, overwrite)
+    typer.echo(f"imported {file} -> {folder} in {time.perf_counter() - started:.0f} s")
+
+
 @app.command("eval")
 def eval_(
     model: Annotated[Path, typer.Argument(help="Model folder.")],
-    task: Annotated[str, typer.Option(help="Embedded task name or a JSONL file.")] = "arith",
+    task: Annotated[str, typer.Option(help="Embedded task name or a JSONL/Parquet file.")] = "arith",
     verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
     split: str = "test",
     n: Annotated[int, typer.Option(min=1, help="Held-out prompts.")] = 500,
@@ -122,7 +158,7 @@ def eval_(
         raise UserError(f"Unknown split '{split}'; use val or test.")
     task_cfg = (
         TaskConfig(name="jsonl", path=Path(task), verifier=verifier)
-        if task.endswith(".jsonl")
+        if task.endswith(USER_FILE_SUFFIXES)
         else TaskConfig(name=task)
     )
     tokenizer = load_tokenizer(model, "student")

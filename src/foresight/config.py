@@ -38,9 +38,12 @@ class ModelConfig(Section):
 
 class TaskConfig(Section):
     name: str = Field("arith", description="Embedded task name, or 'jsonl' for a user's file.")
-    path: Path | None = Field(None, description="JSONL file with prompt/answer[/solution] lines.")
+    path: Path | None = Field(
+        None, description="JSONL or Parquet (.parquet) file of prompt/answer[/solution] rows."
+    )
     verifier: str = Field(
-        "exact", description="Verifier for a JSONL task: exact, number or python:module:function."
+        "exact",
+        description="Verifier for a user task: exact, number, math or python:module:function.",
     )
     difficulty: int | None = Field(None, ge=1, description="Task difficulty; null = its default.")
 

@@ -1,4 +1,4 @@
-"""Tests of the JSONL verifiers: exact, number and python:module:function.
+"""Tests of the user-task verifiers: exact, number, math and python:module:function.
 
 Run: .venv/bin/python -m pytest tests/tasks -q
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from foresight.errors import UserError
-from foresight.tasks.verifiers import final_answer_text, make_verifier
+from foresight.tasks.verifiers import final_answer_text, last_boxed, make_verifier
 
 
 def test_final_answer_text_prefers_the_last_mark_then_the_last_line():
@@ -58,7 +58,7 @@ def test_python_verifier(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("fuzzy", "is not known; use exact, number or python:module:function"),
+        ("fuzzy", "is not known; use exact, number, math or python:module:function"),
         ("python:only_module", "malformed; write it as python:module:function"),
         ("python::f", "malformed"),
         ("python:no_such_module_xyz:f", "cannot be imported .*PYTHONPATH"),
@@ -67,3 +67,37 @@ def test_python_verifier(tmp_path, monkeypatch):
 def test_bad_verifier_specs_raise_user_errors(spec, message):
     with pytest.raises(UserError, match=message):
         make_verifier(spec)
+
+
+def test_last_boxed_balances_braces():
+    assert last_boxed(r"\boxed{1} then \boxed{\frac{1}{2}} end") == r"\frac{1}{2}"
+    assert last_boxed(r"no box") is None
+    assert last_boxed(r"\boxed{\frac{1}{2}") is None  # never closed
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer"),
+    [
+        (r"so \boxed{\frac12}", "0.5"),
+        (r"\boxed{\dfrac{1}{2}}", r"\frac{1}{2}"),
+        (r"first \boxed{3}, finally \boxed{1/2}", "0.5"),
+        (r"\boxed{x + 1}", "1+x"),
+        (r"\boxed{2}", "2.0"),
+    ],
+)
+def test_math_accepts_equal_boxed_answers(completion, answer):
+    assert make_verifier("math")(completion, answer)
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer"),
+    [
+        (r"\boxed{0.6}", "0.5"),  # wrong
+        ("the answer is 0.5", "0.5"),  # right number, never boxed
+        (r"\boxed{}", "0.5"),  # empty box
+        (r"\boxed{1/2", "0.5"),  # box never closed
+        (r"\boxed{1/2} but then \boxed{3}", "0.5"),  # only the last box counts
+    ],
+)
+def test_math_rejects_wrong_or_missing_boxed_answers(completion, answer):
+    assert not make_verifier("math")(completion, answer)

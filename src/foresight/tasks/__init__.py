@@ -1,4 +1,5 @@
-"""Tasks: embedded reasoning families (generator + strict verifier each) and JSONL user tasks.
+"""Tasks: embedded reasoning families (generator + strict verifier each) and user files (JSONL or
+Parquet, userdata.py).
 
 `load_task(cfg.task)` is the one entry point; `TASKS` maps each embedded family's name to its
 factory `(difficulty | None) -> Task`.
@@ -12,8 +13,8 @@ from foresight.config import TaskConfig
 from foresight.errors import UserError
 from foresight.tasks.arith import make_arith
 from foresight.tasks.base import Example, Task
-from foresight.tasks.jsonl import TASK_NAME as JSONL_NAME
-from foresight.tasks.jsonl import load_jsonl_task
+from foresight.tasks.userdata import TASK_NAME as JSONL_NAME
+from foresight.tasks.userdata import load_user_task
 from foresight.tasks.modchain import make_modchain
 
 __all__ = ["TASKS", "Example", "Task", "load_task"]
@@ -22,11 +23,11 @@ TASKS: dict[str, Callable[[int | None], Task]] = {"arith": make_arith, "modchain
 
 
 def load_task(cfg: TaskConfig) -> Task:
-    """The task `cfg` names: an embedded family at its difficulty, or a JSONL file."""
+    """The task `cfg` names: an embedded family at its difficulty, or a JSONL/Parquet file."""
     if cfg.name == JSONL_NAME:
         if cfg.difficulty is not None:
             raise UserError("task.difficulty applies only to embedded tasks; remove it for jsonl.")
-        return load_jsonl_task(cfg.path, cfg.verifier)
+        return load_user_task(cfg.path, cfg.verifier)
     if cfg.name not in TASKS:
         valid = ", ".join([*TASKS, JSONL_NAME])
         raise UserError(f"Unknown task '{cfg.name}'; set task.name to one of: {valid}.")

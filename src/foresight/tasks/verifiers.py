@@ -2,6 +2,8 @@
 
     exact                    the final answer text equals answer.strip()
     number                   the last number in the completion equals float(answer) within 1e-6
+    math                     the last \\boxed{...} in the completion equals the answer mathematically
+                             (math-verify: 1/2, \\frac12, 0.5 and \\dfrac{1}{2} all match)
     python:module:function   function(completion, answer) -> bool from an importable module
 
 The final answer text is what follows the last '#' when the completion has one (the embedded
@@ -48,17 +50,55 @@ def verify_number(completion: str, answer: str) -> bool:
     )
 
 
-VERIFIERS: dict[str, Verifier] = {"exact": verify_exact, "number": verify_number}
+BOXED = "\\boxed{"
+
+
+def last_boxed(completion: str) -> str | None:
+    """The contents of the last \\boxed{...} (braces balanced), or None when there is none or it is
+    never closed. A regex cannot match nested braces such as \\boxed{\\frac{1}{2}}."""
+    start = completion.rfind(BOXED)
+    if start < 0:
+        return None
+    depth, begin = 1, start + len(BOXED)
+    for index in range(begin, len(completion)):
+        depth += {"{": 1, "}": -1}.get(completion[index], 0)
+        if depth == 0:
+            return completion[begin:index]
+    return None
+
+
+def verify_math(completion: str, answer: str) -> bool:
+    """The last \\boxed{} answer equals `answer` as mathematics (math-verify's parse + verify).
+
+    Only the boxed text is parsed, so a completion that never boxes its answer is wrong even when
+    the right number appears in it: the verifier checks the answer format too.
+    """
+    from math_verify import LatexExtractionConfig, parse, verify  # sympy: slow to import
+
+    boxed = last_boxed(completion)
+    if boxed is None or not boxed.strip():
+        return False
+    predicted = parse(BOXED + boxed + "}", extraction_config=[LatexExtractionConfig()])
+    # The answer may be plain ("0.5") or LaTeX ("\\frac{1}{2}"): the default config reads both.
+    gold = parse(answer if BOXED in answer else f"${answer}$")
+    return bool(predicted) and bool(gold) and verify(gold, predicted)
+
+
+VERIFIERS: dict[str, Verifier] = {
+    "exact": verify_exact,
+    "number": verify_number,
+    "math": verify_math,
+}
 
 
 def make_verifier(spec: str) -> Verifier:
-    """The verifier named by `spec`: exact, number or python:module:function."""
+    """The verifier named by `spec`: exact, number, math or python:module:function."""
     if spec in VERIFIERS:
         return VERIFIERS[spec]
     if spec.startswith(PYTHON_PREFIX):
         return import_verifier(spec)
     raise UserError(
-        f"task.verifier '{spec}' is not known; use exact, number or python:module:function."
+        f"task.verifier '{spec}' is not known; use exact, number, math or python:module:function."
     )
 
 

@@ -1,4 +1,5 @@
-"""Tests of JSONL user tasks: loading, splits, sampling, alphabet and every bad-input error.
+"""Tests of user tasks from JSONL and Parquet files (read through `datasets`): loading, splits,
+sampling, alphabet and every bad-input error.
 
 Run: .venv/bin/python -m pytest tests/tasks -q
 """
@@ -6,9 +7,11 @@ Run: .venv/bin/python -m pytest tests/tasks -q
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
+from datasets import Dataset
 
 from foresight.config import TaskConfig
 from foresight.errors import UserError
@@ -134,3 +137,71 @@ def test_number_verifier_needs_numeric_answers(tmp_path):
 def test_bad_verifier_spec_raises(data_path):
     with pytest.raises(UserError, match="is not known"):
         load(data_path, "fuzzy")
+
+
+def write_parquet(path: Path, records: list[dict]) -> Path:
+    Dataset.from_list(records).to_parquet(str(path))
+    return path
+
+
+def test_parquet_round_trip_equals_jsonl(tmp_path):
+    records = question_records(300)
+    from_jsonl = load(write_lines(tmp_path / "data.jsonl", records))
+    from_parquet = load(write_parquet(tmp_path / "data.parquet", records))
+    for split, n in (("train", 200), ("val", 1000), ("test", 1000)):
+        assert from_parquet.sample(split, n, 3) == from_jsonl.sample(split, n, 3)
+    assert from_parquet.alphabet == from_jsonl.alphabet
+
+
+def test_parquet_without_solution_column_and_with_float_answers(tmp_path):
+    records = [{"prompt": f"half of {i}?", "answer": i / 2} for i in range(300)]
+    task = load(write_parquet(tmp_path / "data.pq", records), "math")
+    example = task.sample("val", 1, 0)[0]
+    assert example.solution == "" and float(example.answer) * 2 == int(example.prompt[8:-1])
+    assert task.verify(r"\boxed{\frac{3}{2}}", "1.5")
+
+
+def test_int_answers_stay_ints_beside_floats_in_jsonl(tmp_path):
+    # datasets reads a column of ints and floats as floats; the exact verifier must still see '5'.
+    records = question_records(300)
+    records[0] = {"prompt": "x", "answer": 2.5}
+    task = load(write_lines(tmp_path / "data.jsonl", records))
+    examples = {e.prompt: e for split in SPLIT_NAMES for e in task.sample(split, 2000, 0)}
+    assert examples["q5?"].answer == "5" and examples["x"].answer == "2.5"
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([{"question": "p", "answer": 1}], r"data.parquet has no 'prompt' column"),
+        ([{"prompt": "p", "answer": None}], r"data.parquet row 1 has an 'answer' that is not"),
+        ([{"prompt": "p", "answer": True}], r"data.parquet row 1 has an 'answer' that is not"),
+    ],
+)
+def test_bad_parquet_rows_name_the_problem(tmp_path, records, message):
+    with pytest.raises(UserError, match=message):
+        load(write_parquet(tmp_path / "data.parquet", records))
+
+
+def test_a_file_that_is_not_parquet_raises(tmp_path):
+    path = tmp_path / "data.parquet"
+    path.write_text('{"prompt": "p", "answer": 1}\n')
+    with pytest.raises(UserError, match="could not be read"):
+        load(path)
+
+
+def test_bad_files_exit_2_from_the_cli(tmp_path, monkeypatch, capsys):
+    from foresight.cli import main
+
+    path = tmp_path / "data.parquet"
+    path.write_bytes(b"PAR1 not really")
+    monkeypatch.setattr(
+        sys, "argv", ["foresight", "eval", "models/arith/base", "--task", str(path)]
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert "could not be read" in capsys.readouterr().err
