@@ -13,9 +13,9 @@ from foresight.config import TaskConfig
 from foresight.errors import UserError
 from foresight.tasks.arith import make_arith
 from foresight.tasks.base import Example, Task
+from foresight.tasks.modchain import make_modchain
 from foresight.tasks.userdata import TASK_NAME as JSONL_NAME
 from foresight.tasks.userdata import load_user_task
-from foresight.tasks.modchain import make_modchain
 
 __all__ = ["TASKS", "Example", "Task", "load_task"]
 
