@@ -34,6 +34,14 @@ class ModelConfig(Section):
     teacher_device: str = Field(
         "cpu", description="Teacher device (may differ from the student's)."
     )
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Render prompts with the model's chat template: auto = when the student's "
+        "tokenizer has one; never = raw prompts (with BOS).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute the student's layer activations in backward (less memory)."
+    )
 
 
 class TaskConfig(Section):
@@ -75,6 +83,21 @@ class LossConfig(Section):
         64, ge=1, description="Sequence positions per chunk of full-vocabulary log-softmax."
     )
     kl_coef: float = Field(0.0, ge=0, description="RL only: k3 KL penalty to the starting model.")
+    teacher_topk: int | None = Field(
+        None,
+        ge=1,
+        description="Full-vocabulary kinds only: compare the teacher's top-k tokens plus one tail "
+        "bucket instead of all V (less memory for large vocabularies); null = all V.",
+    )
+
+    @model_validator(mode="after")
+    def _topk_needs_full_vocabulary(self) -> LossConfig:
+        if self.teacher_topk is not None and self.kind == "sampled_rkl":
+            raise ValueError(
+                "loss.teacher_topk applies only to reverse_kl, forward_kl or gjsd; "
+                "set loss.kind to one of them or remove loss.teacher_topk"
+            )
+        return self
 
 
 class OptimConfig(Section):

@@ -14,11 +14,14 @@ import torch
 import torch.nn.functional as F
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 -> float32; float32 and float64 unchanged."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     """log-softmax over V in at least float32 (bfloat16 logits lose the tail mass otherwise)."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return F.log_softmax(logits, dim=-1)
+    return F.log_softmax(at_least_float32(logits), dim=-1)
 
 
 def sampled_token_loss(
@@ -90,16 +93,12 @@ def k3_kl(student_logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> t
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Full-vocabulary KL(p_S ‖ p_T) per position: Σ_v p_S(v) (log p_S(v) - log p_T(v)). (B, T)."""
-    student_logp = _log_softmax(student_logits)
-    teacher_logp = _log_softmax(teacher_logits)
-    return (student_logp.exp() * (student_logp - teacher_logp)).sum(-1)
+    return reverse_kl_of_logprobs(_log_softmax(student_logits), _log_softmax(teacher_logits))
 
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Full-vocabulary KL(p_T ‖ p_S) per position: Σ_v p_T(v) (log p_T(v) - log p_S(v)). (B, T)."""
-    student_logp = _log_softmax(student_logits)
-    teacher_logp = _log_softmax(teacher_logits)
-    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+    return forward_kl_of_logprobs(_log_softmax(student_logits), _log_softmax(teacher_logits))
 
 
 def generalized_jsd(
@@ -111,12 +110,27 @@ def generalized_jsd(
     The endpoints are degenerate (both terms vanish), so β = 0 is defined as forward KL and β = 1 as
     reverse KL, the same convention as TRL's `generalized_jsd_loss`.
     """
+    return gjsd_of_logprobs(_log_softmax(student_logits), _log_softmax(teacher_logits), beta)
+
+
+def reverse_kl_of_logprobs(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Σ_b p_S(b) (log p_S(b) - log p_T(b)) over the last axis (tokens or top-k buckets)."""
+    return (student_logp.exp() * (student_logp - teacher_logp)).sum(-1)
+
+
+def forward_kl_of_logprobs(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Σ_b p_T(b) (log p_T(b) - log p_S(b)) over the last axis (tokens or top-k buckets)."""
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+
+
+def gjsd_of_logprobs(
+    student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """GJSD_β over the last axis of two log-distributions (see `generalized_jsd`)."""
     if beta == 0.0:
-        return forward_kl(student_logits, teacher_logits)
+        return forward_kl_of_logprobs(student_logp, teacher_logp)
     if beta == 1.0:
-        return reverse_kl(student_logits, teacher_logits)
-    student_logp = _log_softmax(student_logits)
-    teacher_logp = _log_softmax(teacher_logits)
+        return reverse_kl_of_logprobs(student_logp, teacher_logp)
     mixture_logp = torch.logsumexp(
         torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1.0 - beta)]), dim=0
     )
@@ -125,17 +139,81 @@ def generalized_jsd(
     return beta * kl_teacher + (1.0 - beta) * kl_student
 
 
+# The tail bucket's log-mass is floored here: when the top k hold (almost) all the mass, log(0)
+# would give 0 · (-inf) = nan, in the value and in the gradient. e^-46 ~ 1e-20 contributes ~1e-18.
+TAIL_FLOOR = -46.0
+
+
+def log1mexp(log_mass: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^x) for x <= 0, accurate at both ends (Mächler 2012), floored at TAIL_FLOOR."""
+    x = log_mass.clamp(max=-1e-20)  # x = 0 (all mass in the top k) has no finite log(1 - e^x)
+    exact = torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    return exact.clamp(min=TAIL_FLOOR)
+
+
+def token_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """log Σ_v e^logit over V in at least float32 (B, C, 1): the normalizer of a log-softmax."""
+    return torch.logsumexp(at_least_float32(logits), dim=-1, keepdim=True)
+
+
+def bucket_logprobs(
+    logits: torch.Tensor, topk_ids: torch.Tensor, logsumexp: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Log-probs of the k tokens `topk_ids` (B, C, k) and of one tail bucket holding the rest of
+    the mass: (B, C, k+1). The k logits are gathered in their own dtype, then upcast: nothing of
+    size V is ever stored in float32 beyond the normalizer's input."""
+    if logsumexp is None:
+        logsumexp = token_logsumexp(logits)
+    top_logp = at_least_float32(logits.gather(-1, topk_ids)) - logsumexp  # (B, C, k)
+    tail_logp = log1mexp(torch.logsumexp(top_logp, dim=-1, keepdim=True))  # (B, C, 1)
+    return torch.cat([top_logp, tail_logp], dim=-1)
+
+
+def teacher_topk(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's k most likely ids (B, C, k) and its (k+1)-bucket log-probs (B, C, k+1)."""
+    topk_ids = teacher_logits.topk(min(k, teacher_logits.shape[-1]), dim=-1).indices  # (B, C, k)
+    return topk_ids, bucket_logprobs(teacher_logits, topk_ids)
+
+
+DIVERGENCES = {
+    "reverse_kl": lambda student_logp, teacher_logp, beta: reverse_kl_of_logprobs(
+        student_logp, teacher_logp
+    ),
+    "forward_kl": lambda student_logp, teacher_logp, beta: forward_kl_of_logprobs(
+        student_logp, teacher_logp
+    ),
+    "gjsd": gjsd_of_logprobs,
+}
+
+
 def divergence(
     kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float
 ) -> torch.Tensor:
     """Per-position full-vocabulary divergence chosen by name (config `loss.kind`). (B, T)."""
-    if kind == "reverse_kl":
-        return reverse_kl(student_logits, teacher_logits)
-    if kind == "forward_kl":
-        return forward_kl(student_logits, teacher_logits)
-    if kind == "gjsd":
-        return generalized_jsd(student_logits, teacher_logits, beta)
-    raise ValueError(f"not a full-vocabulary divergence: {kind}")
+    if kind not in DIVERGENCES:
+        raise ValueError(f"not a full-vocabulary divergence: {kind}")
+    return DIVERGENCES[kind](_log_softmax(student_logits), _log_softmax(teacher_logits), beta)
+
+
+def topk_divergence(
+    kind: str,
+    student_logits: torch.Tensor,
+    teacher_topk_ids: torch.Tensor,
+    teacher_buckets: torch.Tensor,
+    beta: float,
+    student_logsumexp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The divergence `kind` between the two distributions coarsened to k+1 buckets: the teacher's
+    top-k tokens, one by one, and the tail of every other token (B, T).
+
+    p̃(b) = p(b) for the k ids, p̃(tail) = 1 - Σ_k p(b), for both models, on the *teacher's* ids.
+    Coarsening never increases an f-divergence (data processing), so the top-k value is a lower
+    bound of the full one, exact at k = V, and close when the teacher's top k hold its mass.
+    """
+    if kind not in DIVERGENCES:
+        raise ValueError(f"not a full-vocabulary divergence: {kind}")
+    student_buckets = bucket_logprobs(student_logits, teacher_topk_ids, student_logsumexp)
+    return DIVERGENCES[kind](student_buckets, teacher_buckets, beta)
 
 
 def masked_sum_loss(

@@ -13,7 +13,13 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from foresight.opd.loss import _log_softmax, divergence
+from foresight.opd.loss import (
+    at_least_float32,
+    divergence,
+    token_logsumexp,
+    topk_divergence,
+)
+from foresight.opd.loss import teacher_topk as teacher_topk_buckets
 from foresight.opd.rollout import Rollout
 
 
@@ -46,17 +52,42 @@ def _chunk_scores(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor | None,
     next_ids: torch.Tensor,
+    teacher_topk: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     student_logits = student_head(student_hidden)  # (B, C, V)
-    student_logp = _log_softmax(student_logits).gather(-1, next_ids[..., None])[..., 0]  # (B, C)
+    student_lse = token_logsumexp(student_logits)  # (B, C, 1)
+    student_logp = sampled_logprobs(student_logits, next_ids, student_lse)  # (B, C)
     if teacher_head is None:
         return (student_logp,)
     with torch.no_grad():
-        teacher_logits = teacher_head(teacher_hidden).to(student_logits.device)  # (B, C, V)
-        teacher_logp = _log_softmax(teacher_logits).gather(-1, next_ids[..., None]).squeeze(-1)
+        teacher_logits = teacher_head(teacher_hidden)  # (B, C, V)
+        teacher_logp = sampled_logprobs(teacher_logits, next_ids.to(teacher_logits.device))
+        teacher_logp = teacher_logp.to(student_logits.device)
+        if kind != "sampled_rkl" and teacher_topk is not None:
+            # Only (B, C, k) tensors cross devices, not the teacher's (B, C, V) logits.
+            topk_ids, teacher_buckets = teacher_topk_buckets(teacher_logits, teacher_topk)
+            topk_ids = topk_ids.to(student_logits.device)
+            teacher_buckets = teacher_buckets.to(student_logits.device)
+        else:
+            teacher_logits = teacher_logits.to(student_logits.device)
     if kind == "sampled_rkl":
         return student_logp, teacher_logp
+    if teacher_topk is not None:
+        per_position = topk_divergence(
+            kind, student_logits, topk_ids, teacher_buckets, beta, student_lse
+        )
+        return student_logp, teacher_logp, per_position
     return student_logp, teacher_logp, divergence(kind, student_logits, teacher_logits, beta)
+
+
+def sampled_logprobs(
+    logits: torch.Tensor, next_ids: torch.Tensor, logsumexp: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log p(next token) (B, C): gathered from the logits in their own dtype, then upcast, minus
+    the float32 normalizer, so no float32 copy of the (B, C, V) log-softmax is ever kept."""
+    if logsumexp is None:
+        logsumexp = token_logsumexp(logits)
+    return at_least_float32(logits.gather(-1, next_ids[..., None]))[..., 0] - logsumexp[..., 0]
 
 
 @torch.no_grad()
@@ -73,11 +104,13 @@ def score_tokens(
     beta: float = 0.5,
     chunk_tokens: int = 64,
     teacher_hidden: torch.Tensor | None = None,
+    teacher_topk: int | None = None,
 ) -> TokenScores:
     """Student (with grad if enabled) and teacher (no grad) scores of the rollout's tokens.
 
     kind = "sampled_rkl" gives sampled-token log-probs only; a full-vocabulary kind also gives the
-    per-position divergence. `teacher_hidden` (B, T, H) may be passed in when already computed.
+    per-position divergence, over the teacher's top `teacher_topk` tokens plus a tail bucket when
+    set (loss.py `topk_divergence`). `teacher_hidden` (B, T, H) may be passed in when computed.
     """
     student_hidden = hidden_states(student, rollout)[:, :-1]  # (B, T-1, H)
     teacher_head = None
@@ -99,6 +132,7 @@ def score_tokens(
             student_hidden[:, part],
             None if teacher_hidden is None else teacher_hidden[:, part],
             next_ids[:, part],
+            teacher_topk,
         )
         if torch.is_grad_enabled() and student_hidden.requires_grad:
             # Recompute the chunk's logits in backward instead of storing (B, C, V) per chunk.

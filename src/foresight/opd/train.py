@@ -157,6 +157,7 @@ def micro_batch_loss(
         loss_cfg.beta,
         loss_cfg.chunk_tokens,
         frozen_hidden,
+        loss_cfg.teacher_topk,
     )
     device, dtype = scores.student_logprobs.device, scores.student_logprobs.dtype
     # (B, T-1): position t predicts ids[:, t+1], so the mask of ids shifts by one.
