@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from foresight.errors import UserError
+from foresight.templates import check_templates, set_chat_mode
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
@@ -100,9 +101,16 @@ def check_model_folder(folder: Path, role: str) -> None:
 
 
 def load_model(
-    folder: Path, role: str, dtype: str = "float32", device: str = "cpu"
+    folder: Path,
+    role: str,
+    dtype: str = "float32",
+    device: str = "cpu",
+    gradient_checkpointing: bool = False,
 ) -> PreTrainedModel:
-    """Load an HF causal LM from a local folder (never from the hub) onto `device`."""
+    """Load an HF causal LM from a local folder (never from the hub) onto `device`.
+
+    Any architecture transformers knows, safetensors sharded or not; `gradient_checkpointing`
+    recomputes each decoder layer's activations in backward instead of storing them."""
     check_model_folder(folder, role)
     check_device(device, role)
     try:
@@ -113,6 +121,15 @@ def load_model(
         raise UserError(
             f"Could not load the {role} model from {folder} ({exc}); check the folder."
         ) from None
+    check_plain_head(model, role)
+    if gradient_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise UserError(
+                f"The {role} architecture ({model.config.model_type}) does not support gradient "
+                "checkpointing in transformers; set model.gradient_checkpointing: false."
+            )
+        # Non-reentrant: works with inputs that need no grad and with our chunked LM head.
+        model.activation_checkpointing_enable({"use_reentrant": False})
     return model.to(device)
 
 
@@ -129,8 +146,11 @@ def check_device(device: str, role: str) -> None:
         raise UserError(f"model.{key} is '{device}' but this machine has no CUDA device; use cpu.")
 
 
-def load_tokenizer(folder: Path, role: str) -> PreTrainedTokenizerFast:
-    """Load the tokenizer saved beside a model; generation pads on the left."""
+def load_tokenizer(
+    folder: Path, role: str, chat_template: str = "auto"
+) -> PreTrainedTokenizerFast:
+    """Load the tokenizer saved beside a model; generation pads on the left. `chat_template`
+    (auto, always, never) decides whether prompts are rendered with its chat template."""
     check_model_folder(folder, role)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -146,6 +166,7 @@ def load_tokenizer(folder: Path, role: str) -> PreTrainedTokenizerFast:
         # Many chat models have no pad token: padding is masked out everywhere, so EOS can stand in.
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    set_chat_mode(tokenizer, chat_template, role)
     return tokenizer
 
 
@@ -155,7 +176,8 @@ def check_pair(
     student: PreTrainedModel,
     teacher: PreTrainedModel,
 ) -> None:
-    """Refuse a teacher whose vocabulary or EOS differs: its log-probs would score other tokens."""
+    """Refuse a teacher whose vocabulary, EOS or chat template differs: its log-probs would score
+    other tokens, or the right tokens out of its own format."""
     if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
         raise UserError(
             "The teacher's tokenizer vocabulary differs from the student's; use a teacher trained "
@@ -172,6 +194,52 @@ def check_pair(
         raise UserError(
             f"The teacher's output vocabulary ({teacher_vocab}) differs from the student's "
             f"({student_vocab}); use a teacher with the same vocabulary size."
+        )
+    check_templates(student_tokenizer, teacher_tokenizer)
+
+
+# Config keys through which transformers' forward rescales or caps the LM head's logits, with the
+# value that means "off". scoring.py applies get_output_embeddings() to the hidden states itself,
+# so any of these would be silently skipped: the scores would not be the model's.
+LOGIT_POSTPROCESSING = {
+    "final_logit_softcapping": None,  # Gemma 2/3/4, VaultGemma: c * tanh(logits / c)
+    "logit_scale": 1.0,  # Cohere, Cohere2: logits * s
+    "logits_scaling": 1.0,  # Granite, GraniteMoE: logits / s
+    "output_multiplier": 1.0,  # muP-style output scaling
+    "lm_head_multiplier": 1.0,  # Falcon-H1: logits * m
+}
+
+
+def check_plain_head(model: PreTrainedModel, role: str) -> None:
+    """Refuse a model whose logits are not exactly its output embeddings applied to the decoder's
+    last hidden states (what scoring.py computes)."""
+    if model.get_output_embeddings() is None:
+        raise UserError(
+            f"The {role} model ({model.config.model_type}) has no output embeddings (LM head); use "
+            "a causal LM with one."
+        )
+    configs = [model.config, getattr(model.config, "text_config", None)]
+    for config in filter(None, configs):
+        for key, neutral in LOGIT_POSTPROCESSING.items():
+            value = getattr(config, key, neutral)
+            if value is not None and value != neutral:
+                raise UserError(
+                    f"The {role} model's config sets {key}={value}, a post-processing of the "
+                    "logits that foresight's chunked scoring does not apply; use a model without "
+                    "logit post-processing."
+                )
+    # Catch post-processing under names we do not know: one 4-token forward, compared both ways.
+    ids = torch.arange(4, device=model.device)[None] % model.config.vocab_size  # (1, 4)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits  # (1, 4, V)
+        head_logits = model.get_output_embeddings()(
+            model.get_decoder()(input_ids=ids).last_hidden_state
+        )  # (1, 4, V)
+    if not torch.allclose(logits.float(), head_logits.float(), rtol=1e-3, atol=1e-4):
+        raise UserError(
+            f"The {role} model ({model.config.model_type}) post-processes its logits after the LM "
+            "head, which foresight's chunked scoring would skip; use a model whose logits are "
+            "the LM head applied to the last hidden states."
         )
 
 

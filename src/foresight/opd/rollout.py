@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from foresight.templates import encode_chat_prompts, uses_chat
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -46,7 +48,10 @@ class Rollout:
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
-    """Token ids of each prompt, with BOS prepended when the tokenizer has one."""
+    """Token ids of each prompt: rendered with the chat template when chat is on (templates.py),
+    else raw with BOS prepended when the tokenizer has one."""
+    if uses_chat(tokenizer):
+        return encode_chat_prompts(tokenizer, prompts)  # the template places its own BOS
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     return [([bos] if bos is not None else []) + ids for ids in encoded]

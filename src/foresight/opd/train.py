@@ -89,10 +89,12 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     task = load_task(cfg.task)
     torch.manual_seed(cfg.train.seed)  # anything not driven by an explicit generator
     student_dir = student_dir or cfg.model.student
-    tokenizer = load_tokenizer(student_dir, "student")
+    tokenizer = load_tokenizer(student_dir, "student", cfg.model.chat_template)
     # Student weights stay float32 (AdamW's updates at lr ~1e-6 vanish in bfloat16 weights);
     # model.dtype=bfloat16 runs its forward passes under autocast instead (see `compute`).
-    student = load_model(student_dir, "student", "float32", cfg.model.device)
+    student = load_model(
+        student_dir, "student", "float32", cfg.model.device, cfg.model.gradient_checkpointing
+    )
     teacher = reference = None
     if cfg.train.method == "opd" or (
         cfg.train.method == "sft" and cfg.train.sft_source == "teacher"
@@ -107,7 +109,8 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
                 cfg.model.teacher, "teacher", cfg.model.teacher_dtype, cfg.model.teacher_device
             )
         )
-        check_pair(tokenizer, load_tokenizer(cfg.model.teacher, "teacher"), student, teacher)
+        teacher_tokenizer = load_tokenizer(cfg.model.teacher, "teacher", cfg.model.chat_template)
+        check_pair(tokenizer, teacher_tokenizer, student, teacher)
     if cfg.train.method == "rl" and cfg.loss.kl_coef > 0:
         reference = frozen(load_model(cfg.model.student, "student", "float32", cfg.model.device))
     optimizer = torch.optim.AdamW(
