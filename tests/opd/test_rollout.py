@@ -17,17 +17,22 @@ from foresight.opd.scoring import score_tokens
 
 
 class ScriptedModel(torch.nn.Module):
-    """Mock LM whose logits put all mass on script[row][call]: sampling then follows the script."""
+    """Mock LM: the row whose prompt has p real tokens puts all mass on script[p][k] for its k-th new
+    token. Rows are told apart by their real-token count, not their index: rows that stopped leave
+    the batch. Records the batch size of every forward pass."""
 
-    def __init__(self, script: list[list[int]], vocab: int) -> None:
+    def __init__(self, script: dict[int, list[int]], vocab: int) -> None:
         super().__init__()
-        self.script, self.vocab, self.calls = script, vocab, 0
+        self.script, self.vocab, self.calls, self.batch_sizes = script, vocab, 0, []
         self.device = torch.device("cpu")
 
-    def forward(self, input_ids, attention_mask, position_ids, cache, use_cache):
+    def forward(self, input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep):
         assert attention_mask.shape == (input_ids.shape[0], attention_mask.shape[1])
-        logits = torch.full((input_ids.shape[0], input_ids.shape[1], self.vocab), -1e9)
-        for row, tokens in enumerate(self.script):
+        assert logits_to_keep == 1  # the LM head runs on the last column only
+        self.batch_sizes.append(input_ids.shape[0])
+        logits = torch.full((input_ids.shape[0], 1, self.vocab), -1e9)
+        for row in range(input_ids.shape[0]):
+            tokens = self.script[int(attention_mask[row].sum()) - self.calls]
             logits[row, -1, tokens[min(self.calls, len(tokens) - 1)]] = 0.0
         self.calls += 1
         return SimpleNamespace(logits=logits)
@@ -44,9 +49,11 @@ def tokenizer(request):
 def test_sample_masks_follow_generation_not_token_ids(tokenizer):
     eos = tokenizer.eos_token_id
     five, six = tokenizer.convert_tokens_to_ids(["5", "6"])
-    script = [[five, six, eos], [eos], [six, six, six, six]]  # row 2 never stops: hits the cap
+    # Keyed by prompt length with BOS: row 2 never stops and hits the cap.
+    script = {5: [five, six, eos], 3: [eos], 6: [six, six, six, six]}
+    model = ScriptedModel(script, len(tokenizer))
     rollout = sample(
-        ScriptedModel(script, len(tokenizer)),
+        model,
         tokenizer,
         ["1+2=", "3=", "45+6="],
         max_new_tokens=4,
@@ -62,6 +69,8 @@ def test_sample_masks_follow_generation_not_token_ids(tokenizer):
     assert decode_completions(tokenizer, rollout) == ["56", "", "6666"]
     # Left padding: each row's positions start at 0 on its first real token.
     assert rollout.position_ids[1, width - 3 : width].tolist() == [0, 1, 2]
+    # Stopped rows leave the forward passes; none runs after the last token.
+    assert model.batch_sizes == [3, 2, 2, 1]
 
 
 def test_loss_sees_completion_and_eos_but_never_prompt_or_padding(micro_pair, tokenizer):

@@ -73,7 +73,35 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-@torch.no_grad()
+def _next_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: DynamicCache,
+) -> torch.Tensor:
+    """Logits (b, V) of the token after each row's last input; the LM head runs on that column only."""
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return output.logits[:, -1]
+
+
+def _draw(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None, greedy: bool
+) -> torch.Tensor:
+    """One token per row (B,) from softmax(logits / temperature), or the argmax."""
+    if greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
 def sample(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -86,55 +114,75 @@ def sample(
     """Generate one completion per prompt; stop each row at EOS and the batch when all rows stopped.
 
     Sampling draws from `generator` only, so a run's completions depend on (seed, step) and nothing
-    else: that is what makes resume exact.
+    else: that is what makes resume exact. Rows that stopped leave the KV cache and the forward
+    passes (they cost nothing after their EOS), but every step still draws for all B rows, from the
+    stopped rows' last logits: the generator then consumes the same random numbers as a loop that
+    keeps every row, so the completions do not depend on when other rows stop.
     """
+    with torch.inference_mode():
+        ids, attention_mask, completion_mask, width = _generate(
+            model, tokenizer, prompts, max_new_tokens, temperature, generator, greedy
+        )
+    # Outside inference mode: the student's forward pass with gradients reads these tensors.
+    ids, attention_mask, completion_mask = (
+        ids.clone(),
+        attention_mask.clone(),
+        completion_mask.clone(),
+    )
+    return Rollout(ids, attention_mask, positions(attention_mask), completion_mask, width)
+
+
+def _generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator | None,
+    greedy: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     device = model.device
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    batch = prompt_ids.shape[0]
-    attention = prompt_mask
-    position = positions(prompt_mask)
+    batch, width = prompt_ids.shape
     cache = DynamicCache()
-    logits = model(
-        input_ids=prompt_ids,
-        attention_mask=attention,
-        position_ids=position,
-        cache=cache,
-        use_cache=True,
-    ).logits[:, -1]  # (B, V)
-    next_position = position[:, -1:] + 1  # (B, 1)
+    attention = prompt_mask  # (b, P + t): the rows still in the cache, in cache order
+    position = positions(prompt_mask)
+    logits = _next_logits(model, prompt_ids, attention, position, cache)  # (B, V)
+    next_position = position[:, -1:] + 1  # (b, 1)
+    cached_rows = torch.arange(batch, device=device)  # (b,) batch row of each cache row
     alive = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
-    new_tokens, new_mask = [], []
-    for _ in range(max_new_tokens):
-        if greedy:
-            token = logits.argmax(-1)  # (B,)
-        else:
-            probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
-            token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(device)
-        token = torch.where(alive, token, torch.full_like(token, pad_id))
-        new_tokens.append(token)
-        new_mask.append(alive.long())
+    completion = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    completion_mask = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)
+    generated = max_new_tokens
+    for step in range(max_new_tokens):
+        token = torch.where(alive, _draw(logits, temperature, generator, greedy), pad_id)  # (B,)
+        completion[:, step] = token
+        completion_mask[:, step] = alive
         alive = alive & (token != eos_id)
-        if not bool(alive.any()) or len(new_tokens) == max_new_tokens:
+        if step == max_new_tokens - 1 or not bool(alive.any()):
+            generated = step + 1
             break  # no forward pass for logits nobody will sample from
-        attention = torch.cat([attention, new_mask[-1][:, None]], dim=1)
-        logits = model(
-            input_ids=token[:, None],
-            attention_mask=attention,
-            position_ids=next_position,
-            cache=cache,
-            use_cache=True,
-        ).logits[:, -1]
+        still = alive[cached_rows]  # (b,)
+        if not bool(still.all()):  # some cached rows just stopped: drop them from the cache
+            keep = still.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            cached_rows, attention, next_position = (
+                cached_rows[keep],
+                attention[keep],
+                next_position[keep],
+            )
+        attention = torch.cat([attention, attention.new_ones(len(cached_rows), 1)], dim=1)
+        logits[cached_rows] = _next_logits(
+            model, token[cached_rows, None], attention, next_position, cache
+        )
         next_position = next_position + 1
-    completion = torch.stack(new_tokens, dim=1)  # (B, G)
-    completion_mask = torch.stack(new_mask, dim=1)  # (B, G)
+    completion, completion_mask = completion[:, :generated], completion_mask[:, :generated]
     ids = torch.cat([prompt_ids, completion], dim=1)  # (B, T)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, T)
     full_completion_mask = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)
-    return Rollout(
-        ids, attention_mask, positions(attention_mask), full_completion_mask, prompt_ids.shape[1]
-    )
+    return ids, attention_mask, full_completion_mask, width
 
 
 def ended_with_eos(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[bool]:

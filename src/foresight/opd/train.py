@@ -211,7 +211,8 @@ def _train_step(t: Trainer, step: int) -> dict[str, float]:
         advantages = group_advantages(batch.rewards, t.cfg.rollout.group_size)  # (B·G,)
     mask = rollout.completion_mask[:, 1:]  # (B, T-1)
     n_tokens = mask.sum().clamp(min=1)
-    totals = {"loss": 0.0, "kl_sum": 0.0}
+    # Detached tensors, read once after the loop: no host-device sync per micro-batch.
+    totals: dict[str, list[torch.Tensor]] = {"loss": [], "kl_sum": []}
     t.student.train()  # the update; sampling switched to eval() inside make_batch
     for rows in torch.arange(rollout.ids.shape[0]).tensor_split(t.cfg.train.micro_batches):
         part = slice(int(rows[0]), int(rows[-1]) + 1)
@@ -221,10 +222,11 @@ def _train_step(t: Trainer, step: int) -> dict[str, float]:
             t, rollout.rows(part), advantages_part, hidden_part, n_tokens
         )
         loss.backward()
-        totals["loss"] += loss.item()
+        totals["loss"].append(loss.detach())
         if scores.teacher_logprobs is not None:
             log_ratio = (scores.student_logprobs - scores.teacher_logprobs).detach()  # (b, T-1)
-            totals["kl_sum"] += float((log_ratio * mask[part].to(log_ratio.device)).sum())
+            totals["kl_sum"].append((log_ratio * mask[part].to(log_ratio.device)).sum())
+    totals = {key: float(torch.stack(v).double().sum()) if v else 0.0 for key, v in totals.items()}
     grad_norm = torch.nn.utils.clip_grad_norm_(
         t.student.parameters(), t.cfg.optim.grad_clip or math.inf
     )
