@@ -62,13 +62,16 @@ def save_checkpoint(
     tokenizer: PreTrainedTokenizerBase,
     cfg: Config,
     trainer_state: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically: build it under a temporary name, then rename."""
+    """Write checkpoint `step` atomically: build it under a temporary name, then rename.
+
+    `state_dict` replaces the model's own (FSDP2: the full weights gathered to rank 0's CPU)."""
     final = checkpoint_dir(run_dir, step)
     temporary = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     if temporary.exists():
         shutil.rmtree(temporary)
-    model.save_pretrained(temporary)
+    model.save_pretrained(temporary, state_dict=state_dict)
     tokenizer.save_pretrained(temporary)
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, temporary / STATE_FILE)
     (temporary / "foresight.json").write_text(

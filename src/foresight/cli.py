@@ -6,6 +6,7 @@ Run: foresight --help
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -43,13 +44,20 @@ def train(
     set_: SetOption = [],
     resume: Annotated[bool, typer.Option(help="Continue the run in train.out_dir.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete train.out_dir first.")] = False,
+    allow_vocab_mismatch: Annotated[
+        bool,
+        typer.Option(help="Allow a teacher with another vocabulary, read through model.vocab_map."),
+    ] = False,
 ) -> None:
     """Train (OPD or SFT) from a YAML config."""
     from foresight.config import load_config
     from foresight.opd.train import train as run_training
 
+    if allow_vocab_mismatch:  # stored in the config, so the run folder records it
+        set_ = [*set_, "model.allow_vocab_mismatch=true"]
     run_dir = run_training(load_config(config, set_), resume=resume, overwrite=overwrite)
-    typer.echo(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        typer.echo(f"run folder: {run_dir}")
 
 
 @app.command()

@@ -2,6 +2,10 @@
 
 Δ = W_t − anchor over the selected tensors; a candidate is W_t + m·Δ. After k accepted searches of
 the paper's grid the weights equal anchor + (2k+1)·Δ. Copies are exact, so undo is bit-for-bit.
+
+Under FSDP2 (opd/distributed.py) every tensor here is this rank's shard of a parameter: anchor and
+current weights share the sharding, so the element-wise arithmetic on shards is the arithmetic on
+the whole; only the norm needs a sum over ranks.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from foresight.dynamics.reading import module_of
+from foresight.opd.distributed import local, sum_over_ranks
 
 Weights = dict[str, torch.Tensor]
 
@@ -27,14 +32,14 @@ def selected_parameters(model: torch.nn.Module, kinds: list[str]) -> dict[str, t
 
 def snapshot(params: dict[str, torch.nn.Parameter], device: str = "cpu") -> Weights:
     """Detached copies of the selected tensors (the anchor lives on CPU by default)."""
-    return {name: p.detach().to(device, copy=True) for name, p in params.items()}
+    return {name: local(p).detach().to(device, copy=True) for name, p in params.items()}
 
 
 @torch.no_grad()
 def write(params: dict[str, torch.nn.Parameter], weights: Weights) -> None:
     """Copy `weights` into the live parameters in place (optimizer references stay valid)."""
     for name, param in params.items():
-        param.copy_(weights[name])
+        local(param).copy_(weights[name])
 
 
 @torch.no_grad()
@@ -44,9 +49,10 @@ def write_candidate(
     """Set each selected parameter to W_t + m·(W_t − anchor)."""
     for name, param in params.items():
         w_t = current[name]
-        param.copy_(w_t + multiplier * (w_t - anchor[name]))
+        local(param).copy_(w_t + multiplier * (w_t - anchor[name]))
 
 
 def update_norm(current: Weights, anchor: Weights) -> float:
     """‖Δ‖_F over all selected tensors: how far training moved since the anchor."""
-    return float(torch.sqrt(sum(((current[n] - anchor[n]).double() ** 2).sum() for n in current)))
+    squares = sum(((current[n] - anchor[n]).double() ** 2).sum() for n in current)
+    return float(torch.sqrt(sum_over_ranks([float(squares)])[0]))

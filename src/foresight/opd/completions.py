@@ -18,10 +18,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.config import Config
 from foresight.errors import UserError
+from foresight.opd.distributed import rank_seed
 from foresight.opd.rollout import (
     Rollout,
     decode_completions,
+    encode_prompts,
     ended_with_eos,
+    left_pad,
+    positions,
     sample,
     teacher_forced,
 )
@@ -38,6 +42,33 @@ def stream_seed(seed: int, step: int, stream: int) -> int:
 class StepBatch:
     rollout: Rollout
     rewards: torch.Tensor | None  # (B·G,) verifier rewards in {0, 1}, rl only
+    # Self-distillation: the same completions after the teacher's privileged prompts.
+    teacher_rollout: Rollout | None = None
+
+
+def teacher_prompts(template: str, prompts: list[str]) -> list[str]:
+    """Each prompt inside task.teacher_prompt_template (a plain replace: the template's other
+    braces, and the prompt's, stay as they are)."""
+    return [template.replace("{prompt}", prompt) for prompt in prompts]
+
+
+def privileged_rollout(
+    tokenizer: PreTrainedTokenizerBase, rollout: Rollout, prompts: list[str]
+) -> Rollout:
+    """`rollout`'s completions (ids, masks) after other prompts, encoded as the student's are
+    (chat template or BOS): what the teacher scores in self-distillation. ids (B, P' + G)."""
+    prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
+    width = rollout.prompt_width
+    completion_attention = rollout.attention_mask[:, width:].to(prompt_mask.device)  # (B, G)
+    completion_mask = rollout.completion_mask[:, width:].to(prompt_mask.device)  # (B, G)
+    attention_mask = torch.cat([prompt_mask, completion_attention], dim=1)  # (B, P' + G)
+    return Rollout(
+        torch.cat([prompt_ids, rollout.ids[:, width:].to(prompt_ids.device)], dim=1),
+        attention_mask,
+        positions(attention_mask),
+        torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1),
+        prompt_ids.shape[1],
+    )
 
 
 class TeacherCompletions:
@@ -102,12 +133,16 @@ def student_batch(
     """On-policy samples; for rl, G per prompt (rows grouped by prompt) with their rewards."""
     group = cfg.rollout.group_size
     prompts = [e.prompt for e in examples for _ in range(group)]
-    generator = torch.Generator().manual_seed(stream_seed(cfg.train.seed, step, 1))
+    # Under torchrun each rank samples its own prompts from its own generator (distributed.py).
+    generator = torch.Generator().manual_seed(rank_seed(stream_seed(cfg.train.seed, step, 1)))
     student.eval()  # sampling: no dropout, no autograd
     rollout = sample(
         student, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, generator
     )
     student.train()
+    if cfg.task.teacher_prompt_template is not None:  # opd only (config check)
+        privileged = teacher_prompts(cfg.task.teacher_prompt_template, prompts)
+        return StepBatch(rollout, None, privileged_rollout(tokenizer, rollout, privileged))
     if cfg.train.method != "rl":
         return StepBatch(rollout, None)
     answers = [e.answer for e in examples for _ in range(group)]

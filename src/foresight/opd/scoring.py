@@ -13,6 +13,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
+from foresight.opd.distributed import is_sharded
 from foresight.opd.loss import (
     at_least_float32,
     divergence,
@@ -35,13 +36,17 @@ class TokenScores:
 def hidden_states(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
     """The decoder's final hidden states (B, T, H), before the LM head."""
     device = model.device
-    output = model.get_decoder()(
-        input_ids=rollout.ids.to(device),
-        attention_mask=rollout.attention_mask.to(device),
-        position_ids=rollout.position_ids.to(device),
-        use_cache=False,
-    )
-    return output.last_hidden_state
+    inputs = {
+        "input_ids": rollout.ids.to(device),
+        "attention_mask": rollout.attention_mask.to(device),
+        "position_ids": rollout.position_ids.to(device),
+        "use_cache": False,
+    }
+    if is_sharded(model):
+        # FSDP2 gathers the root unit (embeddings, final norm, LM head) only in the root's forward;
+        # the last hidden state is the decoder's output, and one position of logits is the waste.
+        return model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    return model.get_decoder()(**inputs).last_hidden_state
 
 
 def _chunk_scores(
@@ -91,9 +96,23 @@ def sampled_logprobs(
 
 
 @torch.no_grad()
-def teacher_hidden_states(teacher: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
-    """The teacher's hidden states (B, T, H) under no_grad: it is a fixed target, never trained."""
-    return hidden_states(teacher, rollout)
+def teacher_hidden_states(
+    teacher: PreTrainedModel, rollout: Rollout, teacher_rollout: Rollout | None = None
+) -> torch.Tensor:
+    """The teacher's hidden states (B, T, H) under no_grad: it is a fixed target, never trained.
+
+    `teacher_rollout` holds the same completions after the teacher's own (privileged) prompts
+    (self-distillation, completions.privileged_rollout). Its states are shifted into `rollout`'s
+    columns, so column P-1+j is the teacher's state before completion token j, as for the student;
+    the student's prompt columns before P-1 are zeros, which every loss masks out.
+    """
+    if teacher_rollout is None:
+        return hidden_states(teacher, rollout)
+    privileged = hidden_states(teacher, teacher_rollout)  # (B, T', H), T' = P' + G
+    batch, width = rollout.ids.shape
+    aligned = privileged.new_zeros(batch, width, privileged.shape[-1])  # (B, T, H)
+    aligned[:, rollout.prompt_width - 1 :] = privileged[:, teacher_rollout.prompt_width - 1 :]
+    return aligned
 
 
 def score_tokens(

@@ -32,7 +32,8 @@ from foresight.effopd.search import EffOPD, make_validator
 from foresight.errors import UserError
 from foresight.evaluate import evaluate
 from foresight.log import RunLogger
-from foresight.models import check_pair, load_model, load_tokenizer
+from foresight.lora import trainable_parameters, wrap_student
+from foresight.models import load_model, load_tokenizer, paired_teacher
 from foresight.opd.completions import (
     StepBatch,
     TeacherCompletions,
@@ -40,6 +41,26 @@ from foresight.opd.completions import (
     step_examples,
     stream_seed,
     student_batch,
+)
+from foresight.opd.distributed import (
+    SilentLogger,
+    barrier,
+    check_config,
+    current_ranks,
+    full_checkpoint_state,
+    full_value,
+    gathered,
+    init_from_env,
+    is_sharded,
+    load_optimizer_state,
+    local_anchor,
+    mean_over_ranks,
+    on_rank_devices,
+    plain_class,
+    rank_share,
+    shard_student,
+    sharded_validator,
+    sum_over_ranks,
 )
 from foresight.opd.loss import (
     clipped_policy_loss,
@@ -88,13 +109,22 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     """Load task, models and optimizer; `student_dir` overrides model.student (used by resume)."""
     task = load_task(cfg.task)
     torch.manual_seed(cfg.train.seed)  # anything not driven by an explicit generator
+    resumed_from = student_dir
     student_dir = student_dir or cfg.model.student
     tokenizer = load_tokenizer(student_dir, "student", cfg.model.chat_template)
     # Student weights stay float32 (AdamW's updates at lr ~1e-6 vanish in bfloat16 weights);
     # model.dtype=bfloat16 runs its forward passes under autocast instead (see `compute`).
+    # A LoRA checkpoint holds only the adapter: the base weights come from model.student.
     student = load_model(
-        student_dir, "student", "float32", cfg.model.device, cfg.model.gradient_checkpointing
+        cfg.model.student if cfg.lora.enabled else student_dir,
+        "student",
+        "float32",
+        cfg.model.device,
+        cfg.model.gradient_checkpointing,
     )
+    if cfg.lora.enabled:  # only the adapters train (lora.py)
+        student = wrap_student(student, cfg.lora, resumed_from)
+    student = shard_student(student)  # FSDP2 under torchrun; unchanged in one process
     teacher = reference = None
     if cfg.train.method == "opd" or (
         cfg.train.method == "sft" and cfg.train.sft_source == "teacher"
@@ -110,11 +140,14 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
             )
         )
         teacher_tokenizer = load_tokenizer(cfg.model.teacher, "teacher", cfg.model.chat_template)
-        check_pair(tokenizer, teacher_tokenizer, student, teacher)
+        # Read through model.vocab_map when the teacher has another vocabulary (vocab.py).
+        teacher = paired_teacher(
+            tokenizer, teacher_tokenizer, student, teacher, cfg.model.vocab_map
+        )
     if cfg.train.method == "rl" and cfg.loss.kl_coef > 0:
         reference = frozen(load_model(cfg.model.student, "student", "float32", cfg.model.device))
     optimizer = torch.optim.AdamW(
-        student.parameters(),
+        trainable_parameters(student),
         lr=cfg.optim.lr,
         betas=cfg.optim.betas,
         weight_decay=cfg.optim.weight_decay,
@@ -135,10 +168,11 @@ def frozen(model: PreTrainedModel) -> PreTrainedModel:
 
 def make_batch(t: Trainer, step: int) -> StepBatch:
     """The step's completions (see completions.py): student samples, solutions or teacher samples."""
-    examples = step_examples(t.task, t.cfg, step)
+    examples = rank_share(step_examples(t.task, t.cfg, step))  # this rank's prompts (all in one)
     if t.cfg.train.method == "sft":
         return sft_batch(t.task, t.tokenizer, examples, t.cfg, step, t.teacher, t.teacher_cache)
-    return student_batch(t.student, t.tokenizer, t.task, examples, t.cfg, step)
+    with gathered(t.student):  # rows stop at EOS at different times on different ranks
+        return student_batch(t.student, t.tokenizer, t.task, examples, t.cfg, step)
 
 
 def micro_batch_loss(
@@ -204,13 +238,18 @@ def _train_step(t: Trainer, step: int) -> dict[str, float]:
     rollout = batch.rollout
     rollout_s = time.perf_counter()
     target = t.scored_against()
-    frozen_hidden = teacher_hidden_states(target, rollout) if target is not None else None
+    frozen_hidden = None
+    if target is not None:  # with a teacher prompt template, over the privileged prompts
+        frozen_hidden = teacher_hidden_states(target, rollout, batch.teacher_rollout)
     teacher_s = time.perf_counter()
     advantages = None
     if batch.rewards is not None:
         advantages = group_advantages(batch.rewards, t.cfg.rollout.group_size)  # (B·G,)
     mask = rollout.completion_mask[:, 1:]  # (B, T-1)
-    n_tokens = mask.sum().clamp(min=1)
+    # Token-mean over the global batch: every rank divides by all ranks' token count, and scales
+    # its backward by N because FSDP averages the ranks' gradients (distributed.py).
+    n_tokens = sum_over_ranks(float(mask.sum())).clamp(min=1)
+    backward_scale = current_ranks().world
     # Detached tensors, read once after the loop: no host-device sync per micro-batch.
     totals: dict[str, list[torch.Tensor]] = {"loss": [], "kl_sum": []}
     t.student.train()  # the update; sampling switched to eval() inside make_batch
@@ -221,12 +260,13 @@ def _train_step(t: Trainer, step: int) -> dict[str, float]:
         loss, scores = micro_batch_loss(
             t, rollout.rows(part), advantages_part, hidden_part, n_tokens
         )
-        loss.backward()
+        (loss * backward_scale).backward()
         totals["loss"].append(loss.detach())
         if scores.teacher_logprobs is not None:
             log_ratio = (scores.student_logprobs - scores.teacher_logprobs).detach()  # (b, T-1)
             totals["kl_sum"].append((log_ratio * mask[part].to(log_ratio.device)).sum())
-    totals = {key: float(torch.stack(v).double().sum()) if v else 0.0 for key, v in totals.items()}
+    local = [float(torch.stack(v).double().sum()) if v else 0.0 for v in totals.values()]
+    totals = dict(zip(totals, sum_over_ranks(local).tolist()))
     grad_norm = torch.nn.utils.clip_grad_norm_(
         t.student.parameters(), t.cfg.optim.grad_clip or math.inf
     )
@@ -238,9 +278,9 @@ def _train_step(t: Trainer, step: int) -> dict[str, float]:
     lengths = rollout.completion_mask.sum(1).float()  # (B,)
     stats = {
         "loss": totals["loss"],
-        "rollout/len_mean": float(lengths.mean()),
+        "rollout/len_mean": mean_over_ranks(float(lengths.mean())),
         "optim/lr": lr,
-        "optim/grad_norm": float(grad_norm),
+        "optim/grad_norm": float(full_value(grad_norm)),
         "time/step_s": finished - started,
         "time/rollout_s": rollout_s - started,
         "time/teacher_s": teacher_s - rollout_s,
@@ -250,11 +290,18 @@ def _train_step(t: Trainer, step: int) -> dict[str, float]:
     if target is not None:  # k1 estimate of the per-token KL to the teacher (opd) or reference (rl)
         stats["kl/mean"] = totals["kl_sum"] / float(n_tokens)
     if batch.rewards is not None:
-        stats["reward/mean"] = float(batch.rewards.mean())
+        stats["reward/mean"] = mean_over_ranks(float(batch.rewards.mean()))
     return stats
 
 
 def run_eval(t: Trainer) -> dict[str, float]:
+    with gathered(t.student):
+        if not current_ranks().main:
+            return {}  # rank 0 evaluates the gathered model alone; the others go on
+        return _evaluate(t)
+
+
+def _evaluate(t: Trainer) -> dict[str, float]:
     cfg = t.cfg
     return evaluate(
         t.student,
@@ -293,6 +340,8 @@ def make_effopd(t: Trainer) -> EffOPD | None:
         cfg.train.seed,
         t.teacher,
     )
+    if is_sharded(t.student):
+        validator = sharded_validator(validator)
     return EffOPD(cfg.effopd, t.student, validator)
 
 
@@ -303,13 +352,39 @@ def trainer_state(t: Trainer, effopd: EffOPD | None) -> dict:
     return state
 
 
+def save(t: Trainer, effopd: EffOPD | None, cfg: Config, step: int) -> None:
+    """Checkpoint `step`. Under FSDP2 the full state is gathered to rank 0, which alone writes the
+    same Hugging Face folder as a single process."""
+    if not is_sharded(t.student):
+        state = trainer_state(t, effopd)
+        save_checkpoint(cfg.train.out_dir, step, t.student, t.tokenizer, cfg, state)
+        return
+    effopd_state = effopd.state_dict() if effopd is not None else None
+    weights, optimizer_state, effopd_state = full_checkpoint_state(
+        t.student, t.optimizer, effopd_state
+    )
+    if current_ranks().main:
+        state = {"optimizer": optimizer_state, "scheduler": t.scheduler.state_dict()}
+        if effopd_state is not None:
+            state["effopd"] = effopd_state
+        with plain_class(t.student):
+            save_checkpoint(cfg.train.out_dir, step, t.student, t.tokenizer, cfg, state, weights)
+    barrier()
+
+
 def restore(t: Trainer, effopd: EffOPD | None, checkpoint: Path) -> None:
+    """Optimizer, scheduler, RNG and EffOPD state; under FSDP2 each rank cuts out its shards."""
     state = load_trainer_state(checkpoint)
-    t.optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(t.student):
+        load_optimizer_state(t.student, t.optimizer, state["optimizer"])
+    else:
+        t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     if effopd is not None:
         effopd.load_state_dict(state["effopd"])
+        if is_sharded(t.student):
+            effopd.anchor = local_anchor(t.student, effopd.anchor)
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
@@ -317,23 +392,35 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
     threads_before = torch.get_num_threads()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    created_group = init_from_env(cfg.model.device)  # under torchrun: join the process group
     try:
         return _train(cfg, resume, overwrite)
     finally:
-        torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
+        torch.set_num_threads(threads_before)
+        if created_group:
+            torch.distributed.destroy_process_group()  # a library call leaves the process as it found it
 
 
 def _train(cfg: Config, resume: bool, overwrite: bool) -> Path:
     # Everything that can reject the input runs before the run folder is touched.
+    ranks = current_ranks()
     start_step, checkpoint = resume_point(cfg.train.out_dir, cfg, resume, overwrite)
-    t = setup(cfg, student_dir=checkpoint)
-    init_run_dir(cfg.train.out_dir, cfg, overwrite)
+    if ranks.world > 1:
+        check_config(cfg, ranks)
+    t = setup(on_rank_devices(cfg, ranks), student_dir=checkpoint)
+    if ranks.main:
+        init_run_dir(cfg.train.out_dir, cfg, overwrite)
+    barrier()  # the folder exists (and --overwrite emptied it) before any rank reads it
     if t.teacher_cache is not None:  # re-read: --overwrite may just have emptied the folder
         t.teacher_cache = TeacherCompletions(cfg.train.out_dir)
     effopd = make_effopd(t)
     if checkpoint is not None:
         restore(t, effopd, checkpoint)
-    logger = RunLogger(cfg.train.out_dir, cfg.log, start_step, cfg.train.steps)
+    logger = (
+        RunLogger(cfg.train.out_dir, cfg.log, start_step, cfg.train.steps)
+        if ranks.main
+        else SilentLogger()
+    )
     try:
         if start_step == 0:
             logger.log(0, run_eval(t))
@@ -345,9 +432,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool) -> Path:
                 stats |= run_eval(t)
             logger.log(step, stats)
             if is_checkpoint_step(cfg, step):
-                save_checkpoint(
-                    cfg.train.out_dir, step, t.student, t.tokenizer, cfg, trainer_state(t, effopd)
-                )
+                save(t, effopd, cfg, step)
     finally:
         logger.close()
     return Path(cfg.train.out_dir)
