@@ -42,6 +42,28 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute the student's layer activations in backward (less memory)."
     )
+    allow_vocab_mismatch: bool = Field(
+        False, description="Allow a teacher with another vocabulary (needs vocab_map); train flag."
+    )
+    vocab_map: Path | None = Field(
+        None,
+        description="JSON map of every student token id to a distinct teacher id (a list, or "
+        '{"student id": teacher id}); sampled-token loss only.',
+    )
+
+    @model_validator(mode="after")
+    def _vocab_map_iff_allowed(self) -> ModelConfig:
+        if self.allow_vocab_mismatch and self.vocab_map is None:
+            raise ValueError(
+                "--allow-vocab-mismatch (model.allow_vocab_mismatch) needs model.vocab_map, a JSON "
+                "file mapping every student token id to the teacher's id"
+            )
+        if self.vocab_map is not None and not self.allow_vocab_mismatch:
+            raise ValueError(
+                "model.vocab_map is read only with --allow-vocab-mismatch "
+                "(model.allow_vocab_mismatch: true); pass the flag or remove the map"
+            )
+        return self
 
 
 class TaskConfig(Section):
@@ -54,11 +76,20 @@ class TaskConfig(Section):
         description="Verifier for a user task: exact, number, math or python:module:function.",
     )
     difficulty: int | None = Field(None, ge=1, description="Task difficulty; null = its default.")
+    teacher_prompt_template: str | None = Field(
+        None,
+        description="Self-distillation: the teacher scores the student's completion after this "
+        "text, with {prompt} replaced by the task prompt (privileged context the student never "
+        "sees); null = the teacher sees the student's prompt.",
+    )
 
     @model_validator(mode="after")
     def _path_iff_jsonl(self) -> TaskConfig:
         if (self.name == "jsonl") != (self.path is not None):
             raise ValueError("task.path is required exactly when task.name is 'jsonl'")
+        template = self.teacher_prompt_template
+        if template is not None and "{prompt}" not in template:
+            raise ValueError("task.teacher_prompt_template must contain the placeholder {prompt}")
         return self
 
 
@@ -249,6 +280,17 @@ class EffOPDConfig(Section):
     )
 
 
+class LoraConfig(Section):
+    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of the student.")
+    r: int = Field(8, ge=1, description="Adapter rank R.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha: the update is B·A·alpha/R.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Leaf names of the linear layers that get adapters (Llama/Qwen names).",
+    )
+
+
 class Config(Section):
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
@@ -260,9 +302,12 @@ class Config(Section):
     log: LogConfig = LogConfig()
     effopd: EffOPDConfig = EffOPDConfig()
     dynamics: DynamicsConfig = DynamicsConfig()
+    lora: LoraConfig = LoraConfig()
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Config:
+        self._lora_and_teacher_prompt_agree()
+        self._vocab_map_needs_sampled_tokens()
         if self.train.micro_batches > self.rollout.prompts_per_step:
             raise ValueError("train.micro_batches cannot exceed rollout.prompts_per_step")
         if self.effopd.enabled and self.effopd.signal == "kl" and self.train.method != "opd":
@@ -279,6 +324,36 @@ class Config(Section):
         if self.loss.kl_coef > 0 and self.train.method != "rl":
             raise ValueError("loss.kl_coef is the RL penalty; set it only with train.method 'rl'")
         return self
+
+    def _vocab_map_needs_sampled_tokens(self) -> None:
+        if self.model.vocab_map is None:
+            return
+        # Across vocabularies only log p_T of the sampled token is defined (see vocab.py).
+        if self.train.method != "opd" or self.loss.kind != "sampled_rkl":
+            raise ValueError(
+                "model.vocab_map works with train.method 'opd' and loss.kind 'sampled_rkl' only "
+                "(a full-vocabulary divergence is undefined across vocabularies)"
+            )
+        if self.eval.teacher_kl or (self.effopd.enabled and self.effopd.signal == "kl"):
+            raise ValueError(
+                "model.vocab_map needs eval.teacher_kl: false and no effopd.signal 'kl' (both are "
+                "full-vocabulary KLs, undefined across vocabularies)"
+            )
+
+    def _lora_and_teacher_prompt_agree(self) -> None:
+        if self.lora.enabled and self.effopd.enabled:
+            # EffOPD extrapolates the full attention/MLP weights, which LoRA keeps frozen.
+            raise ValueError("effopd extrapolates full weights, so it cannot run with lora.enabled")
+        if self.task.teacher_prompt_template is None:
+            return
+        if self.train.method != "opd":
+            raise ValueError("task.teacher_prompt_template needs train.method 'opd'")
+        if self.eval.teacher_kl or (self.effopd.enabled and self.effopd.signal == "kl"):
+            # Those KLs score the plain prompt under the teacher, not the privileged one.
+            raise ValueError(
+                "task.teacher_prompt_template needs eval.teacher_kl: false and no effopd.signal "
+                "'kl'"
+            )
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

@@ -22,6 +22,7 @@ from transformers import (
 
 from foresight.errors import UserError
 from foresight.templates import check_templates, set_chat_mode
+from foresight.vocab import MappedTeacher, check_vocab_map, read_vocab_map
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
@@ -146,9 +147,7 @@ def check_device(device: str, role: str) -> None:
         raise UserError(f"model.{key} is '{device}' but this machine has no CUDA device; use cpu.")
 
 
-def load_tokenizer(
-    folder: Path, role: str, chat_template: str = "auto"
-) -> PreTrainedTokenizerFast:
+def load_tokenizer(folder: Path, role: str, chat_template: str = "auto") -> PreTrainedTokenizerFast:
     """Load the tokenizer saved beside a model; generation pads on the left. `chat_template`
     (auto, always, never) decides whether prompts are rendered with its chat template."""
     check_model_folder(folder, role)
@@ -175,27 +174,61 @@ def check_pair(
     teacher_tokenizer: PreTrainedTokenizerFast,
     student: PreTrainedModel,
     teacher: PreTrainedModel,
-) -> None:
+    vocab_map: Path | None = None,
+) -> torch.Tensor | None:
     """Refuse a teacher whose vocabulary, EOS or chat template differs: its log-probs would score
-    other tokens, or the right tokens out of its own format."""
+    other tokens, or the right tokens out of its own format.
+
+    With `vocab_map` (train --allow-vocab-mismatch) the vocabularies may differ; the map is read
+    and checked (vocab.py), must send the student's EOS to the teacher's, and the probe
+    conversation must encode alike through it. Returns the map (V_S,) or None."""
+    student_vocab = student.get_output_embeddings().weight.shape[0]
+    teacher_vocab = teacher.get_output_embeddings().weight.shape[0]
+    if vocab_map is not None:
+        student_to_teacher = check_vocab_map(
+            read_vocab_map(vocab_map), student_vocab, teacher_vocab, vocab_map
+        )
+        mapped_eos = int(student_to_teacher[student_tokenizer.eos_token_id])
+        if mapped_eos != teacher_tokenizer.eos_token_id:
+            raise UserError(
+                f"model.vocab_map sends the student's EOS ({student_tokenizer.eos_token_id}) to "
+                f"teacher id {mapped_eos}, not to the teacher's EOS "
+                f"({teacher_tokenizer.eos_token_id}); map EOS onto EOS."
+            )
+        check_templates(student_tokenizer, teacher_tokenizer, student_to_teacher.tolist())
+        return student_to_teacher
+    mismatch = "or pass --allow-vocab-mismatch with model.vocab_map, a student-to-teacher id map"
     if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
         raise UserError(
-            "The teacher's tokenizer vocabulary differs from the student's; use a teacher trained "
-            "with the same tokenizer (OPD compares log-probs of the same token ids)."
+            "The teacher's tokenizer vocabulary differs from the student's (OPD compares log-probs "
+            f"of the same token ids); use a teacher trained with the same tokenizer, {mismatch}."
         )
     if student_tokenizer.eos_token_id != teacher_tokenizer.eos_token_id:
         raise UserError(
             f"The teacher's EOS id ({teacher_tokenizer.eos_token_id}) differs from the student's "
-            f"({student_tokenizer.eos_token_id}); use models that share one tokenizer."
+            f"({student_tokenizer.eos_token_id}); use models that share one tokenizer, {mismatch}."
         )
-    student_vocab = student.get_output_embeddings().weight.shape[0]
-    teacher_vocab = teacher.get_output_embeddings().weight.shape[0]
     if student_vocab != teacher_vocab:
         raise UserError(
             f"The teacher's output vocabulary ({teacher_vocab}) differs from the student's "
-            f"({student_vocab}); use a teacher with the same vocabulary size."
+            f"({student_vocab}); use a teacher with the same vocabulary size, {mismatch}."
         )
     check_templates(student_tokenizer, teacher_tokenizer)
+    return None
+
+
+def paired_teacher(
+    student_tokenizer: PreTrainedTokenizerFast,
+    teacher_tokenizer: PreTrainedTokenizerFast,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    vocab_map: Path | None = None,
+) -> PreTrainedModel | MappedTeacher:
+    """`check_pair`, then the teacher as scoring sees it: itself, or read through the map."""
+    student_to_teacher = check_pair(
+        student_tokenizer, teacher_tokenizer, student, teacher, vocab_map
+    )
+    return teacher if student_to_teacher is None else MappedTeacher(teacher, student_to_teacher)
 
 
 # Config keys through which transformers' forward rescales or caps the LM head's logits, with the

@@ -68,11 +68,16 @@ def encode_chat_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) 
 
 
 def probe_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    """(prompt ids, ids of the whole conversation with the completion) of the probe conversation."""
-    prompt = render(tokenizer, PROBE_PROMPT)
-    full = render(tokenizer, PROBE_PROMPT, PROBE_COMPLETION)
-    prompt_ids, full_ids = tokenizer([prompt, full], add_special_tokens=False)["input_ids"]
-    return prompt_ids, full_ids
+    """(prompt ids, ids of prompt + completion) of the probe conversation, as the trainer encodes
+    them: rendered with the chat template when chat is on, else raw text after BOS."""
+    if uses_chat(tokenizer):
+        texts = [render(tokenizer, PROBE_PROMPT), render(tokenizer, PROBE_PROMPT, PROBE_COMPLETION)]
+        prompt_ids, full_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return prompt_ids, full_ids
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    texts = [PROBE_PROMPT, PROBE_PROMPT + " " + PROBE_COMPLETION]
+    prompt_ids, full_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return bos + prompt_ids, bos + full_ids
 
 
 def first_difference(a: list[int], b: list[int]) -> int:
@@ -80,35 +85,48 @@ def first_difference(a: list[int], b: list[int]) -> int:
 
 
 def check_templates(
-    student_tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    student_to_teacher: list[int] | None = None,
 ) -> None:
-    """Refuse a pair whose templates render the probe conversation into different token ids."""
-    student_chat = uses_chat(student_tokenizer)
-    if not student_chat:
+    """Refuse a pair whose templates (or tokenizers) encode the probe conversation into different
+    token ids. With a vocabulary map (vocab.py), student ids are compared through it; raw prompts
+    are compared too then, since two tokenizers may split the same text differently."""
+    if not uses_chat(student_tokenizer):
         if uses_chat(teacher_tokenizer):
             raise UserError(
                 "The teacher has a chat template but the student has none, so the teacher would "
                 "score raw prompts outside its chat format; give the student the teacher's "
                 "template or set model.chat_template: never to use raw prompts on purpose."
             )
-        return
-    if not has_template(teacher_tokenizer):
+        if student_to_teacher is None:
+            return  # one tokenizer (check_pair compared the vocabularies): raw ids agree
+    elif not has_template(teacher_tokenizer):
         raise UserError(
             "The student's prompts are rendered with its chat template but the teacher has none; "
             "use a teacher with the same template or set model.chat_template: never."
         )
     student_prompt, student_full = probe_ids(student_tokenizer)
     teacher_prompt, teacher_full = probe_ids(teacher_tokenizer)
-    if student_full == teacher_full and student_prompt == teacher_prompt:
+
+    def seen(ids: list[int]) -> list[int]:  # student ids as teacher ids
+        return ids if student_to_teacher is None else [student_to_teacher[i] for i in ids]
+
+    if seen(student_full) == teacher_full and seen(student_prompt) == teacher_prompt:
         return
-    part = "prompt" if student_prompt != teacher_prompt else "completion"
+    part = "prompt" if seen(student_prompt) != teacher_prompt else "completion"
     a, b = (student_prompt, teacher_prompt) if part == "prompt" else (student_full, teacher_full)
-    at = first_difference(a, b)
+    at = first_difference(seen(a), b)
     student_piece = student_tokenizer.decode(a[at : at + 8])
     teacher_piece = teacher_tokenizer.decode(b[at : at + 8])
+    if uses_chat(student_tokenizer):
+        how, fix = "chat template renders", "or set model.chat_template: never"
+    else:
+        how, fix = "tokenizer encodes", "a token map cannot fix tokenizers that split text apart"
+    through = "" if student_to_teacher is None else " (through model.vocab_map)"
     raise UserError(
-        f"The teacher's chat template renders a probe conversation's {part} into other token ids "
-        f"than the student's (from token {at}: student {student_piece!r}, teacher "
+        f"The teacher's {how} a probe conversation's {part} into other token ids than the "
+        f"student's{through} (from token {at}: student {student_piece!r}, teacher "
         f"{teacher_piece!r}), which would bias every teacher log-prob; use models with the same "
-        "chat template and tokenizer, or set model.chat_template: never."
+        f"chat template and tokenizer ({fix})."
     )
