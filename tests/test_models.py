@@ -77,7 +77,9 @@ def test_gradient_checkpointing_recomputes_and_keeps_loss_and_grads(micro_pair):
         calls = []
         # A pre-hook: torch stops the recompute right after the last tensor backward needs, so a
         # post-forward hook of the MLP would not see the second call.
-        student.model.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+        student.model.layers[0].mlp.register_forward_pre_hook(
+            lambda *_, calls=calls: calls.append(1)
+        )
         scores = score_tokens(student, rollout, teacher)
         loss = sampled_token_loss(
             scores.student_logprobs, scores.teacher_logprobs, mask, mask.sum(), 0.2

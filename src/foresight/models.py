@@ -228,7 +228,9 @@ def paired_teacher(
     student_to_teacher = check_pair(
         student_tokenizer, teacher_tokenizer, student, teacher, vocab_map
     )
-    return teacher if student_to_teacher is None else MappedTeacher(teacher, student_to_teacher)
+    if student_to_teacher is None:
+        return teacher
+    return MappedTeacher(teacher, student_to_teacher).eval()  # a fixed target, like the teacher
 
 
 # Config keys through which transformers' forward rescales or caps the LM head's logits, with the
