@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import gguf
+import numpy as np
 import pytest
 import torch
 from conftest import SMOLLM2_CHAT
@@ -73,3 +75,18 @@ def test_non_empty_out_dir_exits_2_unless_overwrite(monkeypatch, capsys, tmp_pat
     assert code == 2
     assert "--overwrite" in err
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_unsupported_architecture_exits_2(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "other.gguf"
+    writer = gguf.GGUFWriter(str(path), "notanarch")  # a valid GGUF transformers cannot map
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code, _, err = run_cli(monkeypatch, capsys, "import-gguf", str(path), str(tmp_path / "out"))
+    assert code == 2
+    assert "architecture notanarch is not supported" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
