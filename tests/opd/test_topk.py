@@ -14,7 +14,7 @@ import torch
 
 from foresight.config import Config, load_config
 from foresight.errors import UserError
-from foresight.opd.loss import divergence, teacher_topk, topk_divergence
+from foresight.opd.loss import divergence, selected_logprobs, teacher_topk, topk_divergence
 from foresight.opd.rollout import teacher_forced
 from foresight.opd.scoring import sampled_logprobs, score_tokens
 
@@ -176,3 +176,21 @@ def test_config_refuses_topk_for_the_sampled_token_loss():
         load_config(None, ["loss.kind=sampled_rkl", "loss.teacher_topk=8"])
     assert load_config(None, ["loss.kind=gjsd", "loss.teacher_topk=8"]).loss.teacher_topk == 8
     assert Config().loss.teacher_topk is None
+
+
+def test_selected_logprobs_matches_log_softmax_and_its_gradient():
+    """The one-tensor backward of `selected_logprobs` against torch's own, in float64 (gradcheck
+    compares it with finite differences too), ids repeated across positions included."""
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 3, 7, generator=generator, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, 7, (2, 3, 4), generator=generator)
+    ids[0, 0] = torch.tensor([1, 1, 2, 6])  # a repeated id must get both gradients
+    expected = torch.log_softmax(logits, -1).gather(-1, ids)
+    np.testing.assert_allclose(
+        selected_logprobs(logits, ids).detach().numpy(), expected.detach().numpy(), atol=1e-14
+    )
+    weights = torch.randn(2, 3, 4, generator=generator, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((selected_logprobs(logits, ids) * weights).sum(), logits)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), logits)
+    np.testing.assert_allclose(grad.numpy(), expected_grad.numpy(), atol=1e-14)
+    assert torch.autograd.gradcheck(selected_logprobs, (logits, ids))

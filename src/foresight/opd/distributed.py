@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from foresight.checkpoint import save_checkpoint
 from foresight.errors import UserError
 
 
@@ -223,7 +225,7 @@ def full_checkpoint_state(
     options = _optimizer_options(cpu_offload=True)
     model_state = get_model_state_dict(model, options=options)
     by_name = get_optimizer_state_dict(model, optimizer, options=options)
-    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    index = {name: i for i, name in enumerate(optimizer_names(model, optimizer))}
     optimizer_state = {
         "state": {index[name]: value for name, value in by_name.get("state", {}).items()},
         "param_groups": [
@@ -251,11 +253,21 @@ def _full(param: DTensor, shard: torch.Tensor) -> torch.Tensor:
     return whole.full_tensor().cpu()
 
 
+def optimizer_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimizer's order: its single-process state_dict numbers them so."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    return [names[id(param)] for group in optimizer.param_groups for param in group["params"]]
+
+
 def load_optimizer_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
 ) -> None:
-    """Load a single-process optimizer state (every rank holds the full file) into the shards."""
-    names = [name for name, _ in model.named_parameters()]
+    """Load a single-process optimizer state (every rank holds the full file), into the shards
+    under FSDP2."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    names = optimizer_names(model, optimizer)
     by_name = {
         "state": {names[i]: value for i, value in state["state"].items()},
         "param_groups": [
@@ -267,7 +279,10 @@ def load_optimizer_state(
 
 
 def local_anchor(model: torch.nn.Module, anchor: dict[str, torch.Tensor]) -> dict:
-    """A checkpoint's full EffOPD anchor cut to this rank's shards (on the CPU, as `snapshot`)."""
+    """A checkpoint's full EffOPD anchor cut to this rank's shards (on the CPU, as `snapshot`);
+    unchanged in a single process."""
+    if not is_sharded(model):
+        return anchor
     params = dict(model.named_parameters())
     return {
         name: distribute_tensor(
@@ -277,6 +292,28 @@ def local_anchor(model: torch.nn.Module, anchor: dict[str, torch.Tensor]) -> dic
         .cpu()
         for name, full in anchor.items()
     }
+
+
+def save_sharded_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    cfg: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    effopd_state: dict | None,
+) -> None:
+    """Checkpoint `step` of a sharded run: the full state gathered to rank 0 (all ranks call it),
+    which alone writes the same Hugging Face folder as a single process."""
+    weights, optimizer_state, effopd_state = full_checkpoint_state(model, optimizer, effopd_state)
+    if current_ranks().main:
+        state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
+        if effopd_state is not None:
+            state["effopd"] = effopd_state
+        with plain_class(model):
+            save_checkpoint(run_dir, step, model, tokenizer, cfg, state, weights)
+    barrier()
 
 
 @contextmanager
@@ -315,6 +352,11 @@ def on_rank_devices(cfg: Any, ranks: Ranks) -> Any:
 def check_config(cfg: Any, ranks: Ranks) -> None:
     """What a multi-process run cannot do, refused before anything is loaded."""
     check_divisible(cfg.rollout.prompts_per_step, cfg.train.micro_batches, ranks)
+    if cfg.lora.enabled:
+        raise UserError(
+            "lora.enabled runs in a single process only for now (FSDP2 shards full weights); "
+            "drop torchrun or set lora.enabled=false."
+        )
     if cfg.train.method == "sft" and cfg.train.sft_source == "teacher":
         raise UserError(
             "train.sft_source=teacher caches the teacher's samples in one file and runs in a single "

@@ -156,17 +156,45 @@ def token_logsumexp(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(at_least_float32(logits), dim=-1, keepdim=True)
 
 
-def bucket_logprobs(
-    logits: torch.Tensor, topk_ids: torch.Tensor, logsumexp: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Log-probs of the k tokens `topk_ids` (B, C, k) and of one tail bucket holding the rest of
-    the mass: (B, C, k+1). The k logits are gathered in their own dtype, then upcast: nothing of
-    size V is ever stored in float32 beyond the normalizer's input."""
-    if logsumexp is None:
-        logsumexp = token_logsumexp(logits)
-    top_logp = at_least_float32(logits.gather(-1, topk_ids)) - logsumexp  # (B, C, k)
+class _SelectedLogprobs(torch.autograd.Function):
+    """log p(ids) = logit[ids] - logsumexp(logits) (B, C, m), for m ids per position.
+
+    Autograd through gather and logsumexp keeps several (B, C, V) tensors alive in backward (one per
+    op and per use of the logits); this backward makes one: ∂/∂logit_v = 1[v ∈ ids]·g - p_v·Σ_m g.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        logsumexp = token_logsumexp(logits)  # (B, C, 1)
+        ctx.save_for_backward(logits, ids, logsumexp)
+        return at_least_float32(logits.gather(-1, ids)) - logsumexp  # gathered, then upcast
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, ids, logsumexp = ctx.saved_tensors
+        grad_logits = (at_least_float32(logits) - logsumexp).exp_()  # p (B, C, V), the one tensor
+        grad_logits.mul_(-grad.sum(-1, keepdim=True))
+        grad_logits.scatter_add_(-1, ids, grad.to(grad_logits.dtype))
+        return grad_logits.to(logits.dtype), None
+
+
+def selected_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Log-probs (B, C, m) of the token ids (B, C, m) under logits (B, C, V), in at least float32:
+    the ids' logits are gathered in their own dtype before the upcast, and backward stores one
+    (B, C, V) tensor (see `_SelectedLogprobs`)."""
+    return _SelectedLogprobs.apply(logits, ids)
+
+
+def buckets_from_top(top_logp: torch.Tensor) -> torch.Tensor:
+    """(B, C, k) log-probs of k tokens -> (B, C, k+1): those k, then one tail bucket for the rest."""
     tail_logp = log1mexp(torch.logsumexp(top_logp, dim=-1, keepdim=True))  # (B, C, 1)
     return torch.cat([top_logp, tail_logp], dim=-1)
+
+
+def bucket_logprobs(logits: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probs of the k tokens `topk_ids` (B, C, k) and of one tail bucket holding the rest of
+    the mass: (B, C, k+1)."""
+    return buckets_from_top(selected_logprobs(logits, topk_ids))
 
 
 def teacher_topk(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,13 +223,21 @@ def divergence(
     return DIVERGENCES[kind](_log_softmax(student_logits), _log_softmax(teacher_logits), beta)
 
 
+def bucket_divergence(
+    kind: str, student_buckets: torch.Tensor, teacher_buckets: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """The divergence `kind` between two (B, T, k+1) bucket log-distributions. (B, T)."""
+    if kind not in DIVERGENCES:
+        raise ValueError(f"not a full-vocabulary divergence: {kind}")
+    return DIVERGENCES[kind](student_buckets, teacher_buckets, beta)
+
+
 def topk_divergence(
     kind: str,
     student_logits: torch.Tensor,
     teacher_topk_ids: torch.Tensor,
     teacher_buckets: torch.Tensor,
     beta: float,
-    student_logsumexp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The divergence `kind` between the two distributions coarsened to k+1 buckets: the teacher's
     top-k tokens, one by one, and the tail of every other token (B, T).
@@ -210,10 +246,8 @@ def topk_divergence(
     Coarsening never increases an f-divergence (data processing), so the top-k value is a lower
     bound of the full one, exact at k = V, and close when the teacher's top k hold its mass.
     """
-    if kind not in DIVERGENCES:
-        raise ValueError(f"not a full-vocabulary divergence: {kind}")
-    student_buckets = bucket_logprobs(student_logits, teacher_topk_ids, student_logsumexp)
-    return DIVERGENCES[kind](student_buckets, teacher_buckets, beta)
+    student_buckets = bucket_logprobs(student_logits, teacher_topk_ids)
+    return bucket_divergence(kind, student_buckets, teacher_buckets, beta)
 
 
 def masked_sum_loss(

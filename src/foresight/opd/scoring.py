@@ -16,9 +16,11 @@ from transformers import PreTrainedModel
 from foresight.opd.distributed import is_sharded
 from foresight.opd.loss import (
     at_least_float32,
+    bucket_divergence,
+    buckets_from_top,
     divergence,
+    selected_logprobs,
     token_logsumexp,
-    topk_divergence,
 )
 from foresight.opd.loss import teacher_topk as teacher_topk_buckets
 from foresight.opd.rollout import Rollout
@@ -49,6 +51,25 @@ def hidden_states(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
     return model.get_decoder()(**inputs).last_hidden_state
 
 
+def _teacher_chunk(
+    teacher_head: torch.nn.Module,
+    teacher_hidden: torch.Tensor,
+    next_ids: torch.Tensor,
+    teacher_topk: int | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, ...]:
+    """The teacher's small scores of a chunk, under no_grad: log p_T of the sampled tokens (B, C),
+    plus its top-k ids (B, C, k) and bucket log-probs (B, C, k+1) when `teacher_topk` is set. Only
+    these cross to the student's device, not the teacher's (B, C, V) logits."""
+    with torch.no_grad():
+        teacher_logits = teacher_head(teacher_hidden)  # (B, C, V)
+        teacher_logp = sampled_logprobs(teacher_logits, next_ids.to(teacher_logits.device))
+        if teacher_topk is None:
+            return (teacher_logp.to(device),)
+        topk_ids, teacher_buckets = teacher_topk_buckets(teacher_logits, teacher_topk)
+        return teacher_logp.to(device), topk_ids.to(device), teacher_buckets.to(device)
+
+
 def _chunk_scores(
     student_head: torch.nn.Module,
     teacher_head: torch.nn.Module | None,
@@ -57,32 +78,31 @@ def _chunk_scores(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor | None,
     next_ids: torch.Tensor,
-    teacher_topk: int | None = None,
+    *teacher_scores: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
+    """Scores of one chunk. `teacher_scores` are `_teacher_chunk`'s, computed outside the student's
+    activation checkpoint when they are small; a full-vocabulary divergence instead computes the
+    teacher's logits here, so they are never stored for every chunk at once."""
     student_logits = student_head(student_hidden)  # (B, C, V)
-    student_lse = token_logsumexp(student_logits)  # (B, C, 1)
-    student_logp = sampled_logprobs(student_logits, next_ids, student_lse)  # (B, C)
+    if teacher_head is not None and teacher_scores and kind != "sampled_rkl":
+        teacher_logp, topk_ids, teacher_buckets = teacher_scores
+        # The sampled token and the teacher's top k in one pass over the (B, C, V) logits.
+        wanted = torch.cat([next_ids[..., None], topk_ids], dim=-1)  # (B, C, 1+k)
+        chosen = selected_logprobs(student_logits, wanted)  # (B, C, 1+k)
+        student_buckets = buckets_from_top(chosen[..., 1:])  # (B, C, k+1)
+        per_position = bucket_divergence(kind, student_buckets, teacher_buckets, beta)
+        return chosen[..., 0], teacher_logp, per_position
+    student_logp = selected_logprobs(student_logits, next_ids[..., None])[..., 0]  # (B, C)
     if teacher_head is None:
         return (student_logp,)
-    with torch.no_grad():
-        teacher_logits = teacher_head(teacher_hidden)  # (B, C, V)
-        teacher_logp = sampled_logprobs(teacher_logits, next_ids.to(teacher_logits.device))
-        teacher_logp = teacher_logp.to(student_logits.device)
-        if kind != "sampled_rkl" and teacher_topk is not None:
-            # Only (B, C, k) tensors cross devices, not the teacher's (B, C, V) logits.
-            topk_ids, teacher_buckets = teacher_topk_buckets(teacher_logits, teacher_topk)
-            topk_ids = topk_ids.to(student_logits.device)
-            teacher_buckets = teacher_buckets.to(student_logits.device)
-        else:
+    if not teacher_scores:
+        with torch.no_grad():
+            teacher_logits = teacher_head(teacher_hidden)  # (B, C, V)
+            teacher_logp = sampled_logprobs(teacher_logits, next_ids.to(teacher_logits.device))
             teacher_logits = teacher_logits.to(student_logits.device)
-    if kind == "sampled_rkl":
-        return student_logp, teacher_logp
-    if teacher_topk is not None:
-        per_position = topk_divergence(
-            kind, student_logits, topk_ids, teacher_buckets, beta, student_lse
-        )
-        return student_logp, teacher_logp, per_position
-    return student_logp, teacher_logp, divergence(kind, student_logits, teacher_logits, beta)
+        per_position = divergence(kind, student_logits, teacher_logits, beta)
+        return student_logp, teacher_logp.to(student_logits.device), per_position
+    return student_logp, teacher_scores[0]  # sampled_rkl
 
 
 def sampled_logprobs(
@@ -143,6 +163,13 @@ def score_tokens(
     pieces: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, next_ids.shape[1], chunk_tokens):
         part = slice(start, start + chunk_tokens)
+        teacher_scores = ()
+        if teacher_head is not None and (kind == "sampled_rkl" or teacher_topk is not None):
+            # Small teacher results, computed once here rather than again in the backward.
+            topk = None if kind == "sampled_rkl" else teacher_topk
+            teacher_scores = _teacher_chunk(
+                teacher_head, teacher_hidden[:, part], next_ids[:, part], topk, next_ids.device
+            )
         args = (
             student_head,
             teacher_head,
@@ -151,7 +178,7 @@ def score_tokens(
             student_hidden[:, part],
             None if teacher_hidden is None else teacher_hidden[:, part],
             next_ids[:, part],
-            teacher_topk,
+            *teacher_scores,
         )
         if torch.is_grad_enabled() and student_hidden.requires_grad:
             # Recompute the chunk's logits in backward instead of storing (B, C, V) per chunk.

@@ -47,7 +47,6 @@ from foresight.opd.distributed import (
     barrier,
     check_config,
     current_ranks,
-    full_checkpoint_state,
     full_value,
     gathered,
     init_from_env,
@@ -56,8 +55,8 @@ from foresight.opd.distributed import (
     local_anchor,
     mean_over_ranks,
     on_rank_devices,
-    plain_class,
     rank_share,
+    save_sharded_checkpoint,
     shard_student,
     sharded_validator,
     sum_over_ranks,
@@ -111,12 +110,13 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     torch.manual_seed(cfg.train.seed)  # anything not driven by an explicit generator
     resumed_from = student_dir
     student_dir = student_dir or cfg.model.student
-    tokenizer = load_tokenizer(student_dir, "student", cfg.model.chat_template)
+    # A LoRA checkpoint holds only the adapter: tokenizer and base weights come from model.student.
+    weights_dir = cfg.model.student if cfg.lora.enabled else student_dir
+    tokenizer = load_tokenizer(weights_dir, "student", cfg.model.chat_template)
     # Student weights stay float32 (AdamW's updates at lr ~1e-6 vanish in bfloat16 weights);
     # model.dtype=bfloat16 runs its forward passes under autocast instead (see `compute`).
-    # A LoRA checkpoint holds only the adapter: the base weights come from model.student.
     student = load_model(
-        cfg.model.student if cfg.lora.enabled else student_dir,
+        weights_dir,
         "student",
         "float32",
         cfg.model.device,
@@ -353,38 +353,26 @@ def trainer_state(t: Trainer, effopd: EffOPD | None) -> dict:
 
 
 def save(t: Trainer, effopd: EffOPD | None, cfg: Config, step: int) -> None:
-    """Checkpoint `step`. Under FSDP2 the full state is gathered to rank 0, which alone writes the
-    same Hugging Face folder as a single process."""
+    """Checkpoint `step`; under FSDP2, rank 0 writes the gathered full state (distributed.py)."""
     if not is_sharded(t.student):
         state = trainer_state(t, effopd)
         save_checkpoint(cfg.train.out_dir, step, t.student, t.tokenizer, cfg, state)
         return
     effopd_state = effopd.state_dict() if effopd is not None else None
-    weights, optimizer_state, effopd_state = full_checkpoint_state(
-        t.student, t.optimizer, effopd_state
+    save_sharded_checkpoint(
+        cfg.train.out_dir, step, t.student, t.tokenizer, cfg, t.optimizer, t.scheduler, effopd_state
     )
-    if current_ranks().main:
-        state = {"optimizer": optimizer_state, "scheduler": t.scheduler.state_dict()}
-        if effopd_state is not None:
-            state["effopd"] = effopd_state
-        with plain_class(t.student):
-            save_checkpoint(cfg.train.out_dir, step, t.student, t.tokenizer, cfg, state, weights)
-    barrier()
 
 
 def restore(t: Trainer, effopd: EffOPD | None, checkpoint: Path) -> None:
     """Optimizer, scheduler, RNG and EffOPD state; under FSDP2 each rank cuts out its shards."""
     state = load_trainer_state(checkpoint)
-    if is_sharded(t.student):
-        load_optimizer_state(t.student, t.optimizer, state["optimizer"])
-    else:
-        t.optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(t.student, t.optimizer, state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     if effopd is not None:
         effopd.load_state_dict(state["effopd"])
-        if is_sharded(t.student):
-            effopd.anchor = local_anchor(t.student, effopd.anchor)
+        effopd.anchor = local_anchor(t.student, effopd.anchor)
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
