@@ -205,3 +205,16 @@ def test_bad_files_exit_2_from_the_cli(tmp_path, monkeypatch, capsys):
         main()
     assert exit_.value.code == 2
     assert "could not be read" in capsys.readouterr().err
+
+
+def test_mixed_answer_types_with_blank_lines_still_load(tmp_path):
+    # datasets' JSON reader rejects this valid file (mixed types + blank lines): read line by line.
+    records = question_records(300)
+    records[0] = {"prompt": "x", "answer": 2.5}
+    records[1] = {"prompt": "y", "answer": "text"}
+    dense = load(write_lines(tmp_path / "dense.jsonl", records))
+    sparse_path = tmp_path / "sparse.jsonl"
+    sparse_path.write_text("\n\n".join(json.dumps(record) for record in records) + "\n")
+    sparse = load(sparse_path)
+    for split in SPLIT_NAMES:
+        assert sparse.sample(split, 500, 4) == dense.sample(split, 500, 4)
