@@ -87,3 +87,59 @@ def test_greedy_decode_matches_brute_force_argmax(micro_pair):
             alive = alive & (token != tokenizer.eos_token_id)
     assert torch.equal(fast.ids, ids)
     assert torch.equal(fast.attention_mask, mask)
+
+
+def _decoder(kind: str, vocab: int) -> torch.nn.Module:
+    """Tiny random decoders of the other families the lean decoder implements (float64, eval)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = {
+        "vocab_size": vocab,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    torch.manual_seed(0)
+    if kind == "llama":  # SmolLM2's family: tied embeddings, no biases
+        model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=True))
+    else:  # Qwen2: biases on Q, K and V
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=False))
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.bias.normal_()
+                layer.self_attn.k_proj.bias.normal_()
+                layer.self_attn.v_proj.bias.normal_()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)  # peaked enough that EOS comes up
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "library"])
+def test_other_decoders_match_brute_force_reference(micro_pair, kind, monkeypatch):
+    """Llama and Qwen2 through the lean decoder; "library": a Qwen3 forced through the model's own
+    forward (the path a LoRA-wrapped or unsupported model takes)."""
+    from foresight.opd import fast_decode, rollout
+
+    tokenizer = load_tokenizer(micro_pair[0], "student")
+    if kind == "library":
+        model = load_model(micro_pair[0], "student").double().eval()
+        monkeypatch.setattr(rollout, "supports", lambda model: False)
+    else:
+        model = _decoder(kind, len(tokenizer))
+        assert fast_decode.supports(model)
+    prompts = PROMPTS * 3
+    fast = sample(model, tokenizer, prompts, 10, 1.0, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ids, completion_mask, _ = reference_sample(
+            model, tokenizer, prompts, 10, 1.0, torch.Generator().manual_seed(1)
+        )
+    assert torch.equal(fast.ids, ids)
+    assert torch.equal(fast.completion_mask[:, fast.prompt_width :], completion_mask)
+    lengths = completion_mask.sum(1)
+    assert lengths.min() < lengths.max(), "rows should stop at different steps"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from foresight.opd.fast_decode import LeanDecoder, supports
 from foresight.templates import encode_chat_prompts, uses_chat
 
 
@@ -73,23 +74,28 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _next_logits(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    cache: DynamicCache,
-) -> torch.Tensor:
-    """Logits (b, V) of the token after each row's last input; the LM head runs on that column only."""
-    output = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return output.logits[:, -1]
+class _LibraryDecoder:
+    """Incremental forward passes through the model's own forward and the library's KV cache."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model, self.cache = model, DynamicCache()
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+
+    def next_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (b, V) after each row's last input; the LM head runs on that column only."""
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1]
 
 
 def _draw(
@@ -146,10 +152,14 @@ def _generate(
     prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     batch, width = prompt_ids.shape
-    cache = DynamicCache()
+    decoder = (
+        LeanDecoder(model, batch, width + max_new_tokens)
+        if supports(model)
+        else _LibraryDecoder(model)
+    )
     attention = prompt_mask  # (b, P + t): the rows still in the cache, in cache order
     position = positions(prompt_mask)
-    logits = _next_logits(model, prompt_ids, attention, position, cache)  # (B, V)
+    logits = decoder.next_logits(prompt_ids, attention, position)  # (B, V)
     next_position = position[:, -1:] + 1  # (b, 1)
     cached_rows = torch.arange(batch, device=device)  # (b,) batch row of each cache row
     alive = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
@@ -167,15 +177,15 @@ def _generate(
         still = alive[cached_rows]  # (b,)
         if not bool(still.all()):  # some cached rows just stopped: drop them from the cache
             keep = still.nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
+            decoder.select(keep)
             cached_rows, attention, next_position = (
                 cached_rows[keep],
                 attention[keep],
                 next_position[keep],
             )
         attention = torch.cat([attention, attention.new_ones(len(cached_rows), 1)], dim=1)
-        logits[cached_rows] = _next_logits(
-            model, token[cached_rows, None], attention, next_position, cache
+        logits[cached_rows] = decoder.next_logits(
+            token[cached_rows, None], attention, next_position
         )
         next_position = next_position + 1
     completion, completion_mask = completion[:, :generated], completion_mask[:, :generated]
