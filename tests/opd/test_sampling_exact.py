@@ -143,3 +143,15 @@ def test_other_decoders_match_brute_force_reference(micro_pair, kind, monkeypatc
     assert torch.equal(fast.completion_mask[:, fast.prompt_width :], completion_mask)
     lengths = completion_mask.sum(1)
     assert lengths.min() < lengths.max(), "rows should stop at different steps"
+
+
+def test_adapters_send_sampling_through_the_library_forward(micro_pair):
+    """A LoRA student, wrapped or injected in place, is not what the lean decoder computes."""
+    import peft
+
+    from foresight.opd.fast_decode import supports
+
+    lora = peft.LoraConfig(target_modules=["q_proj", "down_proj"], r=2)
+    assert supports(load_model(micro_pair[0], "student"))
+    assert not supports(peft.get_peft_model(load_model(micro_pair[0], "student"), lora))
+    assert not supports(peft.inject_adapter_in_model(lora, load_model(micro_pair[0], "student")))

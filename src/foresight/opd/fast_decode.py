@@ -29,8 +29,19 @@ def supports(model: torch.nn.Module) -> bool:
         return False
     config = model.config
     layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    # Plain Linear projections only: an adapter injected in place (LoRA) would be skipped otherwise.
+    projections = [
+        getattr(owner, name)
+        for layer in model.model.layers
+        for owner, names in (
+            (layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+            (layer.mlp, ("gate_proj", "up_proj", "down_proj")),
+        )
+        for name in names
+    ]
     return (
-        config.hidden_act == "silu"
+        all(type(module) is torch.nn.Linear for module in projections)
+        and config.hidden_act == "silu"
         and not getattr(config, "mlp_bias", False)
         and set(layer_types) == {"full_attention"}
         and getattr(model, "hf_device_map", None) is None  # no offloading hooks
