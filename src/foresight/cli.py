@@ -62,17 +62,34 @@ def train(
 
 @app.command()
 def demo(
-    config: Annotated[Path, typer.Option(help="Demo config.")] = Path("configs/demo.yaml"),
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Demo config (default configs/demo.yaml, or configs/real.yaml)."),
+    ] = None,
     set_: SetOption = [],
-    out: Annotated[Path, typer.Option(help="Run folder (a free name is picked if taken).")] = Path(
-        "runs/demo"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder, default runs/demo or runs/demo-real (a free name is picked)."),
+    ] = None,
     effopd: Annotated[bool, typer.Option(help="Also run EffOPD beside plain OPD.")] = True,
+    real: Annotated[
+        bool,
+        typer.Option(
+            "--real",
+            help="Self-distill a told behavior into a LoRA student of SmolLM2-135M-Instruct "
+            "(needs `make models/smollm2-135m-instruct`).",
+        ),
+    ] = False,
 ) -> None:
     """Distill the committed base toward the committed teacher and print the accuracies."""
+    if real:
+        from foresight.demo_real import run_real_demo
+
+        run_real_demo(config or Path("configs/real.yaml"), set_, out or Path("runs/demo-real"))
+        return
     from foresight.demo import run_demo
 
-    run_demo(config, set_, out, effopd)
+    run_demo(config or Path("configs/demo.yaml"), set_, out or Path("runs/demo"), effopd)
 
 
 @app.command()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from foresight.config import DynamicsConfig
 from foresight.dynamics.collect import collect
+from foresight.dynamics.lora_series import open_checkpoint
 from foresight.dynamics.patch import Scorer, load_model
 from foresight.dynamics.probes import run_probes
 from foresight.dynamics.reading import ModelFolder, describe
@@ -47,7 +48,8 @@ def analyze(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base_folder = ModelFolder(base)
-    series = [(step, ModelFolder(path)) for step, path in checkpoints]
+    # A LoRA checkpoint (peft adapter) is read as base + B·A·scale (lora_series.py).
+    series = [(step, open_checkpoint(path, base_folder)) for step, path in checkpoints]
     collected = collect(base_folder, series, cfg)
     start = time.perf_counter()
     tables = summarize(collected.modules)

@@ -45,6 +45,10 @@ def spectrum_metrics(
     delta_w = w_after - w_before  # (m, n)
     # svdvals is markedly faster on a tall matrix than on its wide transpose; the values agree.
     tall = delta_w if delta_w.shape[0] >= delta_w.shape[1] else delta_w.T
+    if not bool(delta_w.any()):
+        # An untouched matrix (most of a LoRA run's, a frozen embedding): all singular values are
+        # 0, known without the SVD, which for a vocabulary-sized matrix costs seconds.
+        return spectrum_of(torch.zeros(tall.shape[1], dtype=torch.float64), energy_top_k)
     sigma = torch.linalg.svdvals(tall).to(torch.float64)  # (R,), descending
     return spectrum_of(sigma, energy_top_k)
 
