@@ -83,6 +83,15 @@ def dataset_rows(path: Path, builder: str) -> list[dict]:
             datasets.enable_progress_bars()
 
 
+def read_errors() -> tuple[type[Exception], ...]:
+    """What `datasets` raises for a file it cannot parse: its own wrapper, pyarrow's errors (e.g.
+    ArrowInvalid, also a ValueError) and pandas' ValueError from its JSON fallback."""
+    from datasets.exceptions import DatasetGenerationError
+    from pyarrow import ArrowException
+
+    return DatasetGenerationError, ArrowException, ValueError, OSError
+
+
 def jsonl_examples(path: Path) -> list[tuple[str, Example]]:
     """JSON lines through `datasets`; the raw line is consulted where `datasets` loses information
     (a missing key and a null both read as None; ints in a float column read as floats)."""
@@ -93,7 +102,7 @@ def jsonl_examples(path: Path) -> list[tuple[str, Example]]:
     numbered_lines = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     try:
         rows = dataset_rows(path, "json") if numbered_lines else []
-    except Exception:  # datasets wraps pyarrow/pandas parse errors in several exception types
+    except read_errors():
         rows = None
     if rows is None or len(rows) != len(numbered_lines):
         # A malformed line (named by parse_line), or a valid file datasets' reader rejects (it
@@ -120,7 +129,7 @@ def needs_raw_line(row: dict) -> bool:
 def parquet_examples(path: Path) -> list[tuple[str, Example]]:
     try:
         rows = dataset_rows(path, "parquet")
-    except Exception as exc:  # pyarrow's errors for a non-Parquet file vary by version
+    except read_errors() as exc:
         raise UserError(
             f"Parquet task file {path} could not be read ({type(exc).__name__}); write it with "
             "pandas.DataFrame.to_parquet or datasets.Dataset.to_parquet."
