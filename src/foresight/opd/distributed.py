@@ -154,11 +154,10 @@ def gathered(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _comm_device() -> torch.device:
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() == "nccl"
-        else (torch.device("cpu"))
-    )
+    """Where collectives' tensors live: nccl reduces only CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def sum_over_ranks(values: list[float] | torch.Tensor) -> torch.Tensor:
