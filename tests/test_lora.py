@@ -66,7 +66,9 @@ def test_lora_resume_gives_the_uninterrupted_adapter_bit_for_bit(micro_pair, tmp
 
 def test_lora_targets_the_student_lacks_are_refused(micro_pair, tmp_path):
     cfg = lora_config(micro_pair, tmp_path / "run")
-    cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"target_modules": ["c_attn"]})})
+    cfg = cfg.model_copy(
+        update={"lora": cfg.lora.model_copy(update={"target_modules": ["c_attn"]})}
+    )
     with pytest.raises(UserError, match="lora.target_modules"):
         setup(cfg)
 

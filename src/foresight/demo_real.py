@@ -26,10 +26,12 @@ from rich.table import Table
 
 from foresight.config import Config, load_config
 from foresight.demo import free_run_dir
+from foresight.dynamics.collect import torch_threads
 from foresight.errors import UserError
 from foresight.evaluate import evaluate
 from foresight.lora import load_student
 from foresight.models import load_model, load_tokenizer
+from foresight.opd.rollout import decode_completions, sample
 from foresight.opd.train import train
 from foresight.tasks import Example, Task, load_task
 
@@ -132,15 +134,28 @@ def run_real_demo(
             f"{config_path} must set task.teacher_prompt_template and lora.enabled for the real "
             "demo; start from configs/real.yaml."
         )
-    task = load_task(cfg.task)
-    n_test = test_prompts
+    # The evaluations run on train.threads too: on a shared CPU, extra OpenMP threads spin.
+    with torch_threads(cfg.train.threads):
+        summary = measure_and_distill(cfg, load_task(cfg.task), template, test_prompts)
+    summary["wall_seconds"] = time.perf_counter() - started
+    summary["run_dir"] = str(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print_summary(summary)
+    return summary
+
+
+def measure_and_distill(cfg: Config, task: Task, template: str, n_test: int) -> dict:
+    """Behavior rates of the untold and told base, OPD, then the untold student's rate."""
     base = load_model(cfg.model.student, "student").eval()
+    question = task.sample("test", 1, 0)[0].prompt
     summary = {
         "behavior": f"reply starts with {BEHAVIOR!r}",
         "teacher_prompt_template": template,
         "test_prompts": len(task.sample("test", n_test, 0)),
         "base_untold_rate": behavior_rate(cfg, base, task, n_test),
         "base_told_rate": behavior_rate(cfg, base, told(task, template), n_test),
+        "question": question,
+        "base_reply": greedy_reply(cfg, base, question),
     }
     del base
     train_started = time.perf_counter()
@@ -149,13 +164,17 @@ def run_real_demo(
     final = cfg.train.out_dir / "checkpoints" / f"step-{cfg.train.steps:06d}"
     student = load_student(cfg, final)
     summary["student_untold_rate"] = behavior_rate(cfg, student, task, n_test)
+    summary["student_reply"] = greedy_reply(cfg, student, question)
     summary["gain_points"] = 100 * (summary["student_untold_rate"] - summary["base_untold_rate"])
     summary["steps"] = cfg.train.steps
-    summary["wall_seconds"] = time.perf_counter() - started
-    summary["run_dir"] = str(run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    print_summary(summary)
     return summary
+
+
+def greedy_reply(cfg: Config, model, question: str) -> str:
+    """The model's greedy reply to one question (max_new_tokens long), for the console."""
+    tokenizer = load_tokenizer(cfg.model.student, "student", cfg.model.chat_template)
+    rollout = sample(model, tokenizer, [question], cfg.rollout.max_new_tokens, 1.0, None, True)
+    return decode_completions(tokenizer, rollout)[0]
 
 
 def print_summary(summary: dict) -> None:

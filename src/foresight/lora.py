@@ -73,8 +73,3 @@ def load_student(cfg: Config, checkpoint: Path | None = None) -> torch.nn.Module
         return base.eval()
     model = peft.PeftModel.from_pretrained(base, checkpoint, is_trainable=False)
     return model.eval()
-
-
-def merged_model(model: peft.PeftModel) -> PreTrainedModel:
-    """The plain model with each adapter folded into its weight: W + B·A·alpha/R (peft's merge)."""
-    return model.merge_and_unload()

@@ -35,8 +35,8 @@ def saved_adapter(base_dir, out_dir, **lora):
 @pytest.mark.parametrize(
     "lora",
     [
-        dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
-        dict(r=3, lora_alpha=5, use_rslora=True, target_modules=["o_proj", "embed_tokens"]),
+        {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+        {"r": 3, "lora_alpha": 5, "use_rslora": True, "target_modules": ["o_proj", "embed_tokens"]},
     ],
     ids=["linear", "rslora-embedding"],
 )

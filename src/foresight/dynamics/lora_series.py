@@ -136,7 +136,8 @@ class LoraFolder:
         factors = self.factors.get(name)
         if factors is None:
             return None
-        lora_a, lora_b = self._tensor(factors.a_key), self._tensor(factors.b_key)  # (R, in), (out, R)
+        lora_a = self._tensor(factors.a_key)  # (R, in)
+        lora_b = self._tensor(factors.b_key)  # (out, R)
         delta_w = (lora_b @ lora_a) * factors.scale  # (out, in)
         delta_w = delta_w.T if factors.transposed else delta_w
         if tuple(delta_w.shape) != self.base.shapes[name]:
