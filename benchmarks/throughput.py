@@ -1,17 +1,20 @@
 """Where an OPD step's time goes, and how far each phase is from this machine's matrix-multiply rate.
 
 Runs the real `train_step` on a config (default: the demo's), warms up, then times repeated steps and
-reports medians per phase: generation (student sampling), teacher scoring, student forward/backward
-(with clipping and the lr schedule), optimizer step, and overhead (the rest of the step). In the same
-run it measures the machine's rate on a large square `torch.mm` in float32 and in bfloat16, with the
-same thread count, and states each phase's achieved FLOP/s as a share of it.
+reports medians per phase: generation (student sampling), teacher scoring, student forward (with the
+loss), student backward, optimizer step, and overhead (the rest of the step: clipping, lr schedule,
+metrics). Each phase is timed in wall-clock and in this process's CPU time; CPU time is what other
+jobs on a shared machine do not inflate, so shares and FLOP rates use it. In the same run it measures
+the machine's rate on a 2048² `torch.mm` in float32 and in bfloat16 (CPU time, same thread count) and
+states each phase's achieved FLOP rate as a share of it.
 
 FLOPs are model FLOPs of the useful work (real tokens only; padding and activation recomputation are
 not counted), with N = the weights of every `nn.Linear` (attention and MLP projections, LM head; the
 embedding lookup is free), L layers, d = heads x head_dim, and a row of n real tokens:
   forward of a row          2·N·n + 4·L·d·n(n+1)/2      (matmuls; causal QKᵀ and AV)
   teacher scoring           forward of every row under the teacher
-  student forward/backward  3 x forward of every row under the student (backward = 2 x forward)
+  student forward           forward of every row under the student
+  student backward          2 x forward
   generation                ≈ forward of every row under the student (prefill, then one token at a
                             time over the cached context; counts the LM head on prompt positions)
   optimizer                 not matmul work; reported in seconds only
@@ -31,23 +34,37 @@ from pathlib import Path
 
 import torch
 
+import foresight.opd.train as train_module
 from foresight.cli import quiet_libraries
 from foresight.config import load_config
 from foresight.models import count_parameters
 from foresight.opd.train import setup, train_step
 
-PHASES = ("generation", "teacher scoring", "student fwd/bwd", "optimizer", "overhead")
+# Phase -> the function of train.py whose calls it is.
+CLOCKED_CALLS = {
+    "generation": "make_batch",
+    "teacher scoring": "teacher_hidden_states",
+    "student forward": "micro_batch_loss",
+}
+PHASES = (
+    "generation",
+    "teacher scoring",
+    "student forward",
+    "student backward",
+    "optimizer",
+    "overhead",
+)
 
 
 def mm_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Median FLOP/s of a (size x size) @ (size x size) product in `dtype`."""
+    """Median FLOP per CPU second of a (size x size) @ (size x size) product in `dtype`."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     a @ b  # warm-up: kernel selection, page faults
     times = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started = time.process_time()  # CPU time, like the phases: robust to other jobs
         a @ b
-        times.append(time.perf_counter() - started)
+        times.append(time.process_time() - started)
     return 2 * size**3 / statistics.median(times)
 
 
@@ -66,78 +83,64 @@ def forward_flops(model: torch.nn.Module, lengths: torch.Tensor) -> float:
     return float((2 * n_linear * lengths + 4 * layers * width * lengths * (lengths + 1) / 2).sum())
 
 
-class OptimizerTimer:
-    """Wraps `optimizer.step` to time it; everything else passes through."""
+class PhaseClocks:
+    """Times the step's named calls by wrapping them (train.make_batch, train.teacher_hidden_states,
+    train.micro_batch_loss, Tensor.backward, optimizer.step) in both wall and CPU time (this
+    process's, which other jobs on the machine do not inflate); records each rollout's row lengths."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer, self.seconds = optimizer, 0.0
-        self.original_step = optimizer.step
-        optimizer.step = self.step
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.row_lengths = None
+        for phase, name in CLOCKED_CALLS.items():
+            setattr(train_module, name, self.clocked(phase, getattr(train_module, name)))
+        torch.Tensor.backward = self.clocked("student backward", torch.Tensor.backward)
+        # Instance attribute: the class's step (which the lr scheduler checks) stays untouched.
+        optimizer.step = self.clocked("optimizer", optimizer.step)
 
-    def step(self, *args, **kwargs):
-        started = time.perf_counter()
-        result = self.original_step(*args, **kwargs)
-        self.seconds = time.perf_counter() - started
-        return result
+    def clocked(self, phase: str, function):
+        def timed(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = function(*args, **kwargs)
+            self.wall[phase] = self.wall.get(phase, 0.0) + time.perf_counter() - wall
+            self.cpu[phase] = self.cpu.get(phase, 0.0) + time.process_time() - cpu
+            if phase == "generation":
+                self.row_lengths = result.rollout.attention_mask.sum(1)  # (B,)
+            return result
 
+        return timed
 
-def timed_step(trainer, step: int, timer: OptimizerTimer) -> dict:
-    """One `train_step`, its phases in seconds, and the real-token lengths of its rollout's rows."""
-    lengths = {}
-    probe = RolloutProbe(lengths)
-    started = time.perf_counter()
-    stats = train_step(trainer, step)
-    wall = time.perf_counter() - started
-    probe.restore()
-    phases = {
-        "generation": stats["time/rollout_s"],
-        "teacher scoring": stats["time/teacher_s"],
-        "student fwd/bwd": stats["time/student_s"] - timer.seconds,
-        "optimizer": timer.seconds,
-    }
-    phases["overhead"] = wall - sum(phases.values())
-    return {"wall": wall, "phases": phases, "tokens": stats["tokens/completion"], **lengths}
-
-
-class RolloutProbe:
-    """Records the step's rollout (row lengths) by wrapping train.make_batch for one call."""
-
-    def __init__(self, out: dict) -> None:
-        import foresight.opd.train as train_module
-
-        self.module, self.original = train_module, train_module.make_batch
-
-        def probe(t, step):
-            batch = self.original(t, step)
-            out["row_lengths"] = batch.rollout.attention_mask.sum(1)  # (B,)
-            return batch
-
-        train_module.make_batch = probe
-
-    def restore(self) -> None:
-        self.module.make_batch = self.original
+    def step(self, trainer, step: int) -> dict:
+        """One `train_step`: seconds per phase (wall and CPU), tokens, row lengths."""
+        self.wall, self.cpu = {}, {}
+        wall, cpu = time.perf_counter(), time.process_time()
+        stats = train_step(trainer, step)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.wall["overhead"] = wall - sum(self.wall.values())
+        self.cpu["overhead"] = cpu - sum(self.cpu.values())
+        return {
+            "wall": wall,
+            "cpu": cpu,
+            "wall_phases": self.wall,
+            "cpu_phases": self.cpu,
+            "tokens": stats["tokens/completion"],
+            "row_lengths": self.row_lengths,
+        }
 
 
 def measure(config: Path, steps: int, warmup: int, overrides: list[str]) -> dict:
     cfg = load_config(config, overrides)
     trainer = setup(cfg)
-    timer = OptimizerTimer(trainer.optimizer)
     for step in range(1, warmup + 1):
         train_step(trainer, step)
-    records = [timed_step(trainer, step, timer) for step in range(warmup + 1, warmup + steps + 1)]
-    phase_s = {name: statistics.median(r["phases"][name] for r in records) for name in PHASES}
-    flops = {
-        "generation": statistics.median(
-            forward_flops(trainer.student, r["row_lengths"]) for r in records
-        ),
-        "teacher scoring": statistics.median(
-            forward_flops(trainer.teacher, r["row_lengths"]) for r in records
-        ),
-        "student fwd/bwd": statistics.median(
-            3 * forward_flops(trainer.student, r["row_lengths"]) for r in records
-        ),
-    }
-    step_s = statistics.median(r["wall"] for r in records)
+    clocks = PhaseClocks(trainer.optimizer)
+    records = [clocks.step(trainer, step) for step in range(warmup + 1, warmup + steps + 1)]
+
+    def median(key: str) -> dict[str, float]:
+        return {name: statistics.median(r[key].get(name, 0.0) for r in records) for name in PHASES}
+
+    student = [forward_flops(trainer.student, r["row_lengths"]) for r in records]
+    teacher = [forward_flops(trainer.teacher, r["row_lengths"]) for r in records]
     return {
         "config": str(config),
         "overrides": overrides,
@@ -150,10 +153,18 @@ def measure(config: Path, steps: int, warmup: int, overrides: list[str]) -> dict
         "teacher_dtype": cfg.model.teacher_dtype,
         "student_params": count_parameters(trainer.student),
         "teacher_params": count_parameters(trainer.teacher),
-        "median_step_s": step_s,
+        "median_step_s": statistics.median(r["wall"] for r in records),
+        "median_step_cpu_s": statistics.median(r["cpu"] for r in records),
         "completion_tokens_per_s": statistics.median(r["tokens"] / r["wall"] for r in records),
-        "phase_s": phase_s,
-        "phase_flops": flops,
+        "completion_tokens_per_cpu_s": statistics.median(r["tokens"] / r["cpu"] for r in records),
+        "phase_s": median("wall_phases"),
+        "phase_cpu_s": median("cpu_phases"),
+        "phase_flops": {
+            "generation": statistics.median(student),
+            "teacher scoring": statistics.median(teacher),
+            "student forward": statistics.median(student),
+            "student backward": 2 * statistics.median(student),
+        },
     }
 
 
@@ -162,29 +173,33 @@ def print_report(result: dict) -> None:
         f"config {result['config']} {' '.join(result['overrides'])}\n"
         f"batch {result['batch']}, completion cap {result['max_new_tokens']}, loss {result['loss']}, "
         f"student {result['student_params']:,} params ({result['dtype']}), "
-        f"teacher {result['teacher_params']:,} ({result['teacher_dtype']})"
+        f"teacher {result['teacher_params']:,} ({result['teacher_dtype']}), "
+        f"{result['threads']} thread(s)"
     )
     print(
-        f"median step {result['median_step_s'] * 1000:.0f} ms, "
-        f"{result['completion_tokens_per_s']:.0f} completion tokens/s, {result['threads']} thread(s)"
+        f"median step {result['median_step_s'] * 1000:.0f} ms wall, "
+        f"{result['median_step_cpu_s'] * 1000:.0f} ms CPU; completion tokens "
+        f"{result['completion_tokens_per_s']:.0f}/s wall, "
+        f"{result['completion_tokens_per_cpu_s']:.0f}/CPU s"
     )
-    rates = result["mm_flops_per_s"]
+    rates = result["mm_flops_per_cpu_s"]
     print(
-        f"machine: torch.mm {rates['float32'] / 1e9:.1f} GFLOP/s float32, "
-        f"{rates['bfloat16'] / 1e9:.1f} GFLOP/s bfloat16"
+        f"machine: 2048² torch.mm {rates['float32'] / 1e9:.1f} GFLOP per CPU s float32, "
+        f"{rates['bfloat16'] / 1e9:.1f} bfloat16"
     )
     print(
-        f"{'phase':<18}{'median s':>10}{'share':>8}{'GFLOP':>9}{'GFLOP/s':>9}{'of fp32':>9}{'of bf16':>9}"
+        f"{'phase':<18}{'wall s':>8}{'CPU s':>8}{'CPU share':>10}{'GFLOP':>8}"
+        f"{'GFLOP/CPU s':>12}{'of fp32 mm':>11}{'of bf16 mm':>11}"
     )
-    total = sum(result["phase_s"].values())
+    total = sum(result["phase_cpu_s"].values())
     for name in PHASES:
-        seconds = result["phase_s"][name]
-        line = f"{name:<18}{seconds:>10.4f}{seconds / total:>8.1%}"
-        if name in result["phase_flops"]:
-            achieved = result["phase_flops"][name] / seconds
+        wall, cpu = result["phase_s"][name], result["phase_cpu_s"][name]
+        line = f"{name:<18}{wall:>8.3f}{cpu:>8.3f}{cpu / total:>10.1%}"
+        if name in result["phase_flops"] and cpu > 0:
+            achieved = result["phase_flops"][name] / cpu
             line += (
-                f"{result['phase_flops'][name] / 1e9:>9.2f}{achieved / 1e9:>9.1f}"
-                f"{achieved / rates['float32']:>9.1%}{achieved / rates['bfloat16']:>9.1%}"
+                f"{result['phase_flops'][name] / 1e9:>8.2f}{achieved / 1e9:>12.1f}"
+                f"{achieved / rates['float32']:>11.1%}{achieved / rates['bfloat16']:>11.1%}"
             )
         print(line)
 
@@ -202,7 +217,7 @@ def main() -> None:
     rates = {"float32": mm_rate(torch.float32), "bfloat16": mm_rate(torch.bfloat16)}
     result = measure(args.config, args.steps, args.warmup, args.overrides)
     result |= {
-        "mm_flops_per_s": rates,
+        "mm_flops_per_cpu_s": rates,
         "device": "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

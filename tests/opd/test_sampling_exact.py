@@ -155,3 +155,20 @@ def test_adapters_send_sampling_through_the_library_forward(micro_pair):
     assert supports(load_model(micro_pair[0], "student"))
     assert not supports(peft.get_peft_model(load_model(micro_pair[0], "student"), lora))
     assert not supports(peft.inject_adapter_in_model(lora, load_model(micro_pair[0], "student")))
+
+
+def test_lean_decoder_under_bfloat16_autocast_stays_close_to_the_model(micro_pair):
+    """model.dtype=bfloat16 samples under autocast: the lean decoder casts its fused weights once
+    and must then agree with the model's own forward under the same autocast (to bf16 precision)."""
+    from foresight.opd.fast_decode import LeanDecoder
+
+    model = load_model(micro_pair[0], "student").eval()
+    tokenizer = load_tokenizer(micro_pair[0], "student")
+    ids, mask = left_pad(encode_prompts(tokenizer, PROMPTS), tokenizer.pad_token_id)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        decoder = LeanDecoder(model, len(PROMPTS), ids.shape[1] + 1)
+        lean = decoder.next_logits(ids, mask, positions(mask))  # (B, V)
+        library = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    assert decoder.layers[0].qkv_weight.dtype == torch.bfloat16
+    # Logits here span ~0.3 and differ by ~0.2 between rows: 1e-2 tells a wrong row apart.
+    torch.testing.assert_close(lean.float(), library[:, -1].float(), rtol=0, atol=1e-2)
