@@ -33,7 +33,8 @@ def _band(ax, xs_per_seed, ys_per_seed, method: str, label: str | None = None, *
     if not xs:
         return
     mean = [statistics.fmean(points[x]) for x in xs]
-    ax.plot(xs, mean, "-o", ms=2.5, color=COLORS.get(method), label=label or method, **kw)
+    kw = {"ls": "-", **kw}
+    ax.plot(xs, mean, marker="o", ms=2.5, color=COLORS.get(method), label=label or method, **kw)
     if len(ys_per_seed) > 1:
         low, high = [min(points[x]) for x in xs], [max(points[x]) for x in xs]
         ax.fill_between(xs, low, high, color=COLORS.get(method), alpha=0.15, lw=0)

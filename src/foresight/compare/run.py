@@ -56,7 +56,7 @@ def compare(
     write_report(out, runs, measures, claims)
     console.print(f"compare: {len(runs)} runs in {time.perf_counter() - started:.0f} s")
     for row in claims:
-        console.print(f"  [{row['verdict']}] {row['claim']}")
+        console.print(f"  {row['verdict']:>13}: {row['claim']}", markup=False)
     console.print(f"report: {out / 'report.html'}")
     return out
 
