@@ -120,8 +120,9 @@ def load_plan(
 ) -> tuple[CompareConfig, list[PlannedRun]]:
     """The compare settings and every run's validated config, seed-major order.
 
-    overrides (`a.b=value`) apply to every run, after the method's own; `compare.x=value` ones
-    change the compare section itself.
+    overrides (`a.b=value`) apply to every run, after the method's own settings (so
+    `optim.lr=...` sets every method's rate); `compare.x=value` ones change the compare section.
+    Method, seed, steps, checkpoint schedule and run folder are the plan's and cannot be overridden.
     """
     shared, raw_compare = split_compare_yaml(path)
     tree = {"compare": raw_compare}
@@ -141,9 +142,9 @@ def load_plan(
     for seed in seeds:
         for method, spec in compare.methods.items():
             raw = copy.deepcopy(shared)
+            # The plan's structure comes last: no override can move a run or change its method.
             forced = [
                 f"train.method={method}",
-                f"optim.lr={spec.lr}",
                 f"train.seed={seed}",
                 f"train.steps={steps}",
                 f"train.checkpoint_every={steps}",
@@ -151,7 +152,8 @@ def load_plan(
                 f"train.out_dir={out_dir / 'runs' / f'{method}-s{seed}'}",
             ]
             user = [o for o in overrides if not o.startswith("compare.")]
-            for assignment in [*METHOD_DEFAULTS[method], *spec.set, *extra, *user, *forced]:
+            own = [*METHOD_DEFAULTS[method], f"optim.lr={spec.lr}", *spec.set, *extra]
+            for assignment in [*own, *user, *forced]:
                 apply_override(raw, assignment)
             try:
                 cfg = Config.model_validate(raw)
