@@ -18,6 +18,8 @@ from foresight.dynamics.reading import ModelFolder
 from foresight.errors import UserError
 from foresight.opd.train import train
 
+from .series import DistanceScorer
+
 
 def saved_adapter(base_dir, out_dir, **lora):
     """A float64 peft model on the base with random (non-zero) A and B, saved to out_dir."""
@@ -98,3 +100,21 @@ def test_analyze_reads_a_lora_run_as_an_update_series(micro_pair, tmp_path):
     final = [row for row in rows if row["step"] == "2" and row["module"] in moved]
     # A rank-4 update: every singular value past the 4th is zero, so the effective rank is <= 4.
     assert all(1.0 <= float(row["dynamics/effective_rank"]) <= 4.0 + 1e-6 for row in final)
+
+
+def test_probes_write_the_lora_update_that_peft_merges(micro_pair, tmp_path):
+    """The scaling probe at alpha = 1 puts base + ΔW_T into the model: the merged final model."""
+    from foresight.lora import load_student
+
+    student, teacher = micro_pair
+    lora = {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["v_proj", "gate_proj"]}
+    cfg = micro_config(student, teacher, tmp_path / "run", lora=lora)
+    run = train(cfg)
+    final = run / "checkpoints/step-000002"
+    load_student(cfg, final).merge_and_unload().save_pretrained(tmp_path / "merged")
+    scorer = DistanceScorer(student, tmp_path / "merged")  # 0 at the base, 1 at the merged model
+    dynamics = DynamicsConfig(svd_solver="exact", probes=["scaling"], scaling_alphas=[0.0, 1.0])
+    summary = analyze(student, [(2, final)], tmp_path / "report", dynamics, scorer)
+    gains = {row["alpha"]: row["probe/gain_recovered"] for row in summary["probes"]["scaling"]}
+    assert gains[0.0] == pytest.approx(0.0, abs=1e-6)
+    assert gains[1.0] == pytest.approx(1.0, abs=1e-4)
