@@ -1,12 +1,12 @@
-"""Where an OPD step's time goes, and how far each phase is from this machine's matrix-multiply rate.
+"""Where an OPD step's time goes, and how far each phase is from the machine's matrix-multiply rate.
 
-Runs the real `train_step` on a config (default: the demo's), warms up, then times repeated steps and
-reports medians per phase: generation (student sampling), teacher scoring, student forward (with the
-loss), student backward, optimizer step, and overhead (the rest of the step: clipping, lr schedule,
-metrics). Each phase is timed in wall-clock and in this process's CPU time; CPU time is what other
-jobs on a shared machine do not inflate, so shares and FLOP rates use it. In the same run it measures
-the machine's rate on a 2048² `torch.mm` in float32 and in bfloat16 (CPU time, same thread count) and
-states each phase's achieved FLOP rate as a share of it.
+Runs the real `train_step` on a config (default: the demo's), warms up, then times repeated steps
+and reports medians per phase: generation (student sampling), teacher scoring, student forward (with
+the loss), student backward, optimizer step, and overhead (the rest of the step: clipping, lr
+schedule, metrics). Each phase is timed in wall-clock and in this process's CPU time; CPU time is
+what other jobs on a shared machine do not inflate, so shares and FLOP rates use it. In the same run
+it measures the machine's rate on a 2048² `torch.mm` in float32 and in bfloat16 (CPU time, same
+thread count) and states each phase's achieved FLOP rate as a share of it.
 
 FLOPs are model FLOPs of the useful work (real tokens only; padding and activation recomputation are
 not counted), with N = the weights of every `nn.Linear` (attention and MLP projections, LM head; the
@@ -86,7 +86,8 @@ def forward_flops(model: torch.nn.Module, lengths: torch.Tensor) -> float:
 class PhaseClocks:
     """Times the step's named calls by wrapping them (train.make_batch, train.teacher_hidden_states,
     train.micro_batch_loss, Tensor.backward, optimizer.step) in both wall and CPU time (this
-    process's, which other jobs on the machine do not inflate); records each rollout's row lengths."""
+    process's, which other jobs on the machine do not inflate); records each rollout's row
+    lengths."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.wall: dict[str, float] = {}
@@ -171,7 +172,8 @@ def measure(config: Path, steps: int, warmup: int, overrides: list[str]) -> dict
 def print_report(result: dict) -> None:
     print(
         f"config {result['config']} {' '.join(result['overrides'])}\n"
-        f"batch {result['batch']}, completion cap {result['max_new_tokens']}, loss {result['loss']}, "
+        f"batch {result['batch']}, completion cap {result['max_new_tokens']}, "
+        f"loss {result['loss']}, "
         f"student {result['student_params']:,} params ({result['dtype']}), "
         f"teacher {result['teacher_params']:,} ({result['teacher_dtype']}), "
         f"{result['threads']} thread(s)"
