@@ -194,3 +194,16 @@ def test_selected_logprobs_matches_log_softmax_and_its_gradient():
     (expected_grad,) = torch.autograd.grad((expected * weights).sum(), logits)
     np.testing.assert_allclose(grad.numpy(), expected_grad.numpy(), atol=1e-14)
     assert torch.autograd.gradcheck(selected_logprobs, (logits, ids))
+
+
+def test_tail_gradient_is_finite_when_the_top_k_mass_rounds_to_one_in_float32():
+    # log_mass in [-3e-8, -1e-20]: e^x rounds to 1 in float32, where the far branch's backward
+    # divides 0 by 0; the gradient must still be finite and equal the float64 one.
+    from foresight.opd.loss import log1mexp
+
+    x = torch.tensor([-1e-20, -1e-9, -1e-8, -3e-8, -1e-7, -0.5, -2.0], requires_grad=True)
+    log1mexp(x).sum().backward()
+    x64 = x.detach().double().requires_grad_(True)
+    torch.log(-torch.expm1(x64)).clamp(min=-46.0).sum().backward()
+    assert bool(torch.isfinite(x.grad).all())
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=0.0)

@@ -147,8 +147,12 @@ TAIL_FLOOR = -46.0
 def log1mexp(log_mass: torch.Tensor) -> torch.Tensor:
     """log(1 - e^x) for x <= 0, accurate at both ends (Mächler 2012), floored at TAIL_FLOOR."""
     x = log_mass.clamp(max=-1e-20)  # x = 0 (all mass in the top k) has no finite log(1 - e^x)
-    exact = torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
-    return exact.clamp(min=TAIL_FLOOR)
+    near_zero = x > -math.log(2.0)
+    # Each branch sees only its own inputs: torch.where's backward sends 0 to the unused branch,
+    # and log1p's 0 / (1 - e^x) is nan where e^x rounds to 1 (|x| < ~3e-8 in float32).
+    near = torch.log(-torch.expm1(torch.where(near_zero, x, -1.0)))
+    far = torch.log1p(-torch.exp(torch.where(near_zero, -1.0, x)))
+    return torch.where(near_zero, near, far).clamp(min=TAIL_FLOOR)
 
 
 def token_logsumexp(logits: torch.Tensor) -> torch.Tensor:
