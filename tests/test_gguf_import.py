@@ -90,3 +90,15 @@ def test_unsupported_architecture_exits_2(monkeypatch, capsys, tmp_path):
     assert code == 2
     assert "architecture notanarch is not supported" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size", [100, 5000])
+def test_truncated_gguf_exits_2(monkeypatch, capsys, tmp_path, size):
+    # A download cut short inside the header or metadata: transformers' reader raises struct.error.
+    path = tmp_path / "cut.gguf"
+    with smollm2_gguf().open("rb") as handle:
+        path.write_bytes(handle.read(size))
+    code, _, err = run_cli(monkeypatch, capsys, "import-gguf", str(path), str(tmp_path / "out"))
+    assert code == 2
+    assert "could not read" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

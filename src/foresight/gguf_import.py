@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -73,8 +74,9 @@ def load_gguf(path: Path) -> tuple[PreTrainedModel, object]:
         model = AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, local_files_only=True, dtype=torch.float32
         )
-    except (OSError, ValueError, KeyError, NotImplementedError) as exc:
-        # Architectures or quantization types transformers' GGUF reader does not support land here.
+    except (OSError, ValueError, KeyError, NotImplementedError, struct.error) as exc:
+        # Architectures or quantization types transformers' GGUF reader does not support land here;
+        # struct.error: a file cut short in its header or metadata (an interrupted download).
         raise UserError(
             f"transformers could not read {path} ({exc.__class__.__name__}: {exc}); use a GGUF of "
             "an architecture and quantization type transformers supports."
