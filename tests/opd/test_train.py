@@ -56,3 +56,33 @@ def test_first_losses_are_pinned(micro_pair, tmp_path):
 
 
 PINNED_KL = [4.1788787841796875, 3.7988069595829135]
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"loss": {"kind": "sampled_rkl"}},
+        {"loss": {"kind": "reverse_kl", "teacher_topk": 4}},
+        {"loss": {"kind": "forward_kl"}},
+        {"train": {"method": "sft", "sft_source": "teacher"}},
+    ],
+)
+def test_student_bfloat16_autocast_leaves_a_float32_teacher_in_float32(
+    micro_pair, tmp_path, sections
+):
+    # model.dtype=bfloat16 autocasts the student's step; the teacher computes in teacher_dtype.
+    cfg = micro_config(
+        *micro_pair,
+        tmp_path / "run",
+        model={"dtype": "bfloat16", "teacher_dtype": "float32"},
+        **sections,
+    )
+    (tmp_path / "run").mkdir()  # sft from teacher samples caches them in the run folder
+    trainer = setup(cfg)
+    teacher_dtypes, student_dtypes = set(), set()
+    head = trainer.teacher.get_output_embeddings()
+    for module, seen in ((trainer.teacher.model.layers[0].mlp.down_proj, teacher_dtypes), (head, teacher_dtypes), (trainer.student.model.layers[0].mlp.down_proj, student_dtypes)):  # fmt: skip
+        module.register_forward_hook(lambda m, i, out, seen=seen: seen.add(out.dtype))
+    train_step(trainer, 1)
+    assert teacher_dtypes == {torch.float32}
+    assert student_dtypes == {torch.bfloat16}

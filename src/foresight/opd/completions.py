@@ -29,6 +29,7 @@ from foresight.opd.rollout import (
     sample,
     teacher_forced,
 )
+from foresight.opd.scoring import own_dtype
 from foresight.tasks import Example, Task
 
 
@@ -96,14 +97,15 @@ class TeacherCompletions:
         """The teacher's completions for this step's prompts, and whether each ended at EOS."""
         if step not in self.by_step:
             generator = torch.Generator().manual_seed(stream_seed(cfg.train.seed, step, 3))
-            rollout = sample(
-                teacher,
-                tokenizer,
-                prompts,
-                cfg.rollout.max_new_tokens,
-                cfg.rollout.temperature,
-                generator,
-            )
+            with own_dtype(teacher.device):  # the teacher samples in model.teacher_dtype
+                rollout = sample(
+                    teacher,
+                    tokenizer,
+                    prompts,
+                    cfg.rollout.max_new_tokens,
+                    cfg.rollout.temperature,
+                    generator,
+                )
             self.by_step[step] = (
                 decode_completions(tokenizer, rollout),
                 ended_with_eos(tokenizer, rollout),

@@ -35,6 +35,12 @@ class TokenScores:
     divergence: torch.Tensor | None  # (B, T-1) full-vocabulary divergence, when asked for
 
 
+def own_dtype(device: torch.device) -> torch.autocast:
+    """Autocast off: a frozen model (teacher, reference) computes in the dtype it was loaded in
+    (model.teacher_dtype), not under the student's bfloat16 autocast (model.dtype, train.compute)."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
 def hidden_states(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
     """The decoder's final hidden states (B, T, H), before the LM head."""
     device = model.device
@@ -61,7 +67,7 @@ def _teacher_chunk(
     """The teacher's small scores of a chunk, under no_grad: log p_T of the sampled tokens (B, C),
     plus its top-k ids (B, C, k) and bucket log-probs (B, C, k+1) when `teacher_topk` is set. Only
     these cross to the student's device, not the teacher's (B, C, V) logits."""
-    with torch.no_grad():
+    with torch.no_grad(), own_dtype(teacher_hidden.device):
         teacher_logits = teacher_head(teacher_hidden)  # (B, C, V)
         teacher_logp = sampled_logprobs(teacher_logits, next_ids.to(teacher_logits.device))
         if teacher_topk is None:
@@ -96,7 +102,7 @@ def _chunk_scores(
     if teacher_head is None:
         return (student_logp,)
     if not teacher_scores:
-        with torch.no_grad():
+        with torch.no_grad(), own_dtype(teacher_hidden.device):
             teacher_logits = teacher_head(teacher_hidden)  # (B, C, V)
             teacher_logp = sampled_logprobs(teacher_logits, next_ids.to(teacher_logits.device))
             teacher_logits = teacher_logits.to(student_logits.device)
@@ -126,9 +132,10 @@ def teacher_hidden_states(
     columns, so column P-1+j is the teacher's state before completion token j, as for the student;
     the student's prompt columns before P-1 are zeros, which every loss masks out.
     """
-    if teacher_rollout is None:
-        return hidden_states(teacher, rollout)
-    privileged = hidden_states(teacher, teacher_rollout)  # (B, T', H), T' = P' + G
+    with own_dtype(teacher.device):
+        if teacher_rollout is None:
+            return hidden_states(teacher, rollout)
+        privileged = hidden_states(teacher, teacher_rollout)  # (B, T', H), T' = P' + G
     batch, width = rollout.ids.shape
     aligned = privileged.new_zeros(batch, width, privileged.shape[-1])  # (B, T, H)
     aligned[:, rollout.prompt_width - 1 :] = privileged[:, teacher_rollout.prompt_width - 1 :]
