@@ -92,3 +92,26 @@ def test_bad_checkpoint_lists(llama_series, tmp_path):
         analyze(base, [checkpoints[0], checkpoints[0]], tmp_path, CFG)
     with pytest.raises(UserError, match="must be positive"):
         analyze(base, [(0, checkpoints[0][1])], tmp_path, CFG)
+
+
+def test_an_interrupted_metrics_json_write_leaves_no_metrics_json(
+    llama_series, tmp_path, monkeypatch
+):
+    # metrics.json marks a finished analysis (compare reuses the folder): a kill while it is being
+    # written must not leave a half file under that name.
+    from pathlib import Path
+
+    base, checkpoints = llama_series
+    real_write = Path.write_text
+
+    def killed_midway(self, text, *args, **kwargs):
+        if self.name.startswith("metrics.json"):
+            real_write(self, text[: len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+        return real_write(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        analyze(base, checkpoints[:2], tmp_path / "out", CFG.model_copy(update={"probes": []}))
+    assert (tmp_path / "out" / "modules.csv").is_file()
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -81,7 +82,11 @@ def analyze(
         "report": "report.html",
         "timings": timings,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
+    # Written last and renamed into place: a whole metrics.json marks a finished analysis (compare
+    # reuses such folders), so an interrupted write must not leave a half file under that name.
+    temporary = out_dir / "metrics.json.tmp"
+    temporary.write_text(json.dumps(summary, indent=1, allow_nan=False))
+    os.replace(temporary, out_dir / "metrics.json")
     return summary
 
 
