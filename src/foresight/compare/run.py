@@ -16,6 +16,7 @@ checkpoints is resumed. --overwrite starts from nothing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -82,7 +83,9 @@ def _check_plan(out: Path, settings: CompareConfig, runs: list[PlannedRun]) -> N
             "compare.out_dir to a new folder."
         )
     out.mkdir(parents=True, exist_ok=True)
-    plan_path.write_text(json.dumps(plan, indent=1))
+    partial = plan_path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(plan, indent=1))
+    os.replace(partial, plan_path)  # a killed write never leaves a half plan.json behind
 
 
 def _train(run: PlannedRun, console: Console) -> None:

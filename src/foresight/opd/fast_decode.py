@@ -8,7 +8,7 @@ it. This decoder computes the same function with fewer, larger operations: Q, K 
 gate and up in one, keys and values written in place. It reuses the model's RMSNorm and rotary
 modules, so their numerics are the model's. `supports(model)` names the decoders it implements
 (Qwen2, Qwen3, Llama such as SmolLM2); anything else (a LoRA-wrapped student included) samples
-through the library's forward instead. tests/opd/test_fast_decode.py checks both paths against a
+through the library's forward instead. tests/opd/test_sampling_exact.py checks both paths against a
 brute-force reference.
 """
 
