@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from foresight.checkpoint import list_checkpoints
 from foresight.config import Config
 from foresight.errors import UserError
-from foresight.lora import load_student
+from foresight.lora import load_for_eval, load_student
 from foresight.opd.train import setup, train
 
 
@@ -50,6 +50,22 @@ def test_two_lora_steps_move_the_adapters_and_leave_the_base(micro_pair, tmp_pat
     for name, weight in base_weights.items():
         moved = not torch.equal(weight, merged_weights[name])
         assert moved == (("q_proj" in name or "down_proj" in name) and "weight" in name), name
+
+
+def test_eval_reads_a_lora_checkpoint_through_its_run_config(micro_pair, tmp_path):
+    """`foresight eval CKPT` on an adapter folder scores base + adapter, as load_student builds it."""
+    cfg = lora_config(micro_pair, tmp_path / "run", rollout={"max_new_tokens": 12})
+    final = list_checkpoints(train(cfg))[-1][1]
+    student, tokenizer = load_for_eval(final)
+    reference = load_student(cfg, final)
+    for (name, weight), (_, expected) in zip(
+        student.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
+        assert torch.equal(weight, expected), name
+    assert tokenizer.get_vocab() == load_for_eval(cfg.model.student)[1].get_vocab()
+    (final / "config.yaml").unlink()
+    with pytest.raises(UserError, match="base is unknown"):
+        load_for_eval(final)
 
 
 def test_lora_resume_gives_the_uninterrupted_adapter_bit_for_bit(micro_pair, tmp_path):

@@ -186,8 +186,9 @@ def eval_(
         if task.endswith(USER_FILE_SUFFIXES)
         else TaskConfig(name=task)
     )
-    tokenizer = load_tokenizer(model, "student")
-    student = load_model(model, "student")
+    from foresight.lora import load_for_eval
+
+    student, tokenizer = load_for_eval(model)  # a model folder or a LoRA checkpoint of a run
     teacher_model = None
     if teacher is not None:
         teacher_model = load_model(teacher, "teacher")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import peft
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.config import Config, LoraConfig
 from foresight.dynamics.lora_series import is_lora_checkpoint
 from foresight.errors import UserError
-from foresight.models import load_model
+from foresight.models import load_model, load_tokenizer
 
 
 def wrap_student(
@@ -73,3 +73,21 @@ def load_student(cfg: Config, checkpoint: Path | None = None) -> torch.nn.Module
         return base.eval()
     model = peft.PeftModel.from_pretrained(base, checkpoint, is_trainable=False)
     return model.eval()
+
+
+def load_for_eval(folder: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """(model, tokenizer) of a model folder, or of one of our LoRA checkpoints (its config.yaml
+    names the base, whose tokenizer it uses), for evaluation."""
+    from foresight.config import load_config
+
+    folder = Path(folder)
+    if not is_lora_checkpoint(folder):
+        return load_model(folder, "student"), load_tokenizer(folder, "student")
+    if not (folder / "config.yaml").is_file():
+        raise UserError(
+            f"{folder} holds a LoRA adapter without foresight's config.yaml, so its base is unknown; "
+            "merge it into its base (peft merge_and_unload) and evaluate the merged folder."
+        )
+    cfg = load_config(folder / "config.yaml")
+    tokenizer = load_tokenizer(cfg.model.student, "student", cfg.model.chat_template)
+    return load_student(cfg, folder), tokenizer
