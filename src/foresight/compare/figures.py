@@ -61,8 +61,9 @@ def alignment_figure(runs: RunTables, fig_dir: Path) -> str:
     left, right = fig.subplots(1, 2)
     for method, seeds in runs.items():
         overlap = sorted(k for k in seeds[0]["overall"][0] if k.startswith("dynamics/overlap_top"))
-        key = max(overlap, key=lambda k: int(k.removeprefix("dynamics/overlap_top")))
-        for ax, metric in ((left, "dynamics/alignment"), (right, key)):
+        key = max(overlap, key=lambda k: int(k.removeprefix("dynamics/overlap_top")), default=None)
+        panels = [(left, "dynamics/alignment")] + ([(right, key)] if key else [])  # overlap_k: []
+        for ax, metric in panels:
             pairs = [_series(t["overall"], "progress", metric) for t in seeds]
             _band(ax, [p[0] for p in pairs], [p[1] for p in pairs], method)
             ax.set_title(metric.removeprefix("dynamics/") + " with the final update")
