@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders import save_micro_model
+from builders import MICRO, save_micro_model
 from transformers import (
     AutoTokenizer,
     CohereConfig,
@@ -27,15 +27,7 @@ from foresight.opd.loss import sampled_token_loss
 from foresight.opd.rollout import sample
 from foresight.opd.scoring import score_tokens
 
-SMALL = dict(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-)
+SMALL = dict(vocab_size=64, **MICRO)
 
 
 def test_sharded_folder_loads_every_shard(tmp_path):
