@@ -11,6 +11,7 @@ import pytest
 import torch
 from builders import micro_config
 
+from foresight.opd.fast_decode import LeanDecoder
 from foresight.opd.train import make_batch, micro_batch_loss, setup, train_step
 
 
@@ -68,7 +69,7 @@ PINNED_KL = [4.1788787841796875, 3.7988069595829135]
     ],
 )
 def test_student_bfloat16_autocast_leaves_a_float32_teacher_in_float32(
-    micro_pair, tmp_path, sections
+    micro_pair, tmp_path, sections, monkeypatch
 ):
     # model.dtype=bfloat16 autocasts the student's step; the teacher computes in teacher_dtype.
     cfg = micro_config(
@@ -83,6 +84,15 @@ def test_student_bfloat16_autocast_leaves_a_float32_teacher_in_float32(
     head = trainer.teacher.get_output_embeddings()
     for module, seen in ((trainer.teacher.model.layers[0].mlp.down_proj, teacher_dtypes), (head, teacher_dtypes), (trainer.student.model.layers[0].mlp.down_proj, student_dtypes)):  # fmt: skip
         module.register_forward_hook(lambda m, i, out, seen=seen: seen.add(out.dtype))
+    # Sampling runs the lean decoder, which reads the weights without calling the modules.
+    linear = LeanDecoder._linear
+
+    def spied(self, x, weight, bias=None):
+        out = linear(self, x, weight, bias)
+        (teacher_dtypes if self.model is trainer.teacher else student_dtypes).add(out.dtype)
+        return out
+
+    monkeypatch.setattr(LeanDecoder, "_linear", spied)
     train_step(trainer, 1)
     assert teacher_dtypes == {torch.float32}
     assert student_dtypes == {torch.bfloat16}

@@ -39,6 +39,7 @@ def supports(model: torch.nn.Module) -> bool:
         )
         for name in names
     ]
+    projections.append(model.get_output_embeddings())
     return (
         all(type(module) is torch.nn.Linear for module in projections)
         and config.hidden_act == "silu"
@@ -101,21 +102,35 @@ class LeanDecoder:
     def __init__(self, model: PreTrainedModel, batch: int, capacity: int) -> None:
         config = model.config
         device = model.device
-        # Under autocast the projections run in its dtype: cast the fused weights once, not per call.
-        dtype = (
+        # Under bfloat16 autocast (model.dtype=bfloat16) the matmuls run in bfloat16, as in the
+        # student's training forward: the weights are cast once here, each input once per matmul,
+        # and everything else (norms, rotary, attention, the residual stream) stays in the model's
+        # dtype, as the update's float32 attention does (precision.py). Doing the casts here,
+        # with autocast off, skips autocast's per-call dispatch, which made bfloat16 sampling
+        # slower than float32 on a CPU.
+        self.compute_dtype = (
             torch.get_autocast_dtype(device.type)
             if torch.is_autocast_enabled(device.type)
             else model.dtype
         )
+        dtype = self.compute_dtype
         self.model, self.layers = model, _fuse(model, dtype)
+        head = model.get_output_embeddings()
+        self.head_weight, self.head_bias = _cast(head.weight, dtype), _cast(head.bias, dtype)
         self.head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         shape = (batch, self.kv_heads, capacity, self.head_dim)  # (B, kv heads, P + G, head dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.keys = [torch.zeros(shape, dtype=model.dtype, device=device) for _ in self.layers]
+        self.values = [torch.zeros(shape, dtype=model.dtype, device=device) for _ in self.layers]
         self.length = 0  # columns filled
+
+    def _linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x @ weight.T (+ bias) in the compute dtype; the result stays in it."""
+        return F.linear(x.to(self.compute_dtype), weight, bias)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only `rows` of the cache (rows that stopped leave it)."""
@@ -127,6 +142,10 @@ class LeanDecoder:
     ) -> torch.Tensor:
         """Logits (b, V) after the last of `input_ids` (b, t); `attention_mask` (b, length + t)
         marks the real columns of the cache and of the new tokens."""
+        with torch.autocast(input_ids.device.type, enabled=False):  # casts are explicit here
+            return self._next_logits(input_ids, attention_mask, position_ids)
+
+    def _next_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         start, new = self.length, input_ids.shape[1]
         end = start + new
         capacity = self.keys[0].shape[2]
@@ -143,30 +162,30 @@ class LeanDecoder:
         cos, sin = cos[:, None], sin[:, None]
         for index, layer in enumerate(self.layers):
             hidden = hidden + self._attention(index, layer, hidden, cos, sin, allowed, start, end)
-            normed = layer.post_norm(hidden)
-            gate, up = F.linear(normed, layer.gate_up_weight).chunk(2, dim=-1)
-            hidden = hidden + F.linear(F.silu(gate) * up, layer.down_weight)
+            gate, up = self._linear(layer.post_norm(hidden), layer.gate_up_weight).chunk(2, dim=-1)
+            hidden = hidden + self._linear(F.silu(gate) * up, layer.down_weight)
         self.length = end
-        last = self.model.model.norm(hidden[:, -1:])  # (b, 1, H)
-        return self.model.get_output_embeddings()(last)[:, -1]  # (b, V)
+        last = self.model.model.norm(hidden[:, -1])  # (b, H)
+        return self._linear(last, self.head_weight, self.head_bias)  # (b, V)
 
     def _attention(self, index, layer, hidden, cos, sin, allowed, start, end) -> torch.Tensor:
         batch, new = hidden.shape[:2]
-        qkv = F.linear(layer.input_norm(hidden), layer.qkv_weight, layer.qkv_bias)
+        qkv = self._linear(layer.input_norm(hidden), layer.qkv_weight, layer.qkv_bias)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
         query = query.view(batch, new, self.heads, self.head_dim)
         key = key.view(batch, new, self.kv_heads, self.head_dim)
         if layer.q_norm is not None:
             query, key = layer.q_norm(query), layer.k_norm(key)
-        query = _rotate(query.transpose(1, 2), cos, sin)  # (b, heads, t, head dim)
-        key = _rotate(key.transpose(1, 2), cos, sin)  # (b, kv heads, t, head dim)
+        dtype = self.keys[index].dtype  # attention runs in the model's dtype
+        query = _rotate(query.transpose(1, 2).to(dtype), cos, sin)  # (b, heads, t, head dim)
+        key = _rotate(key.transpose(1, 2).to(dtype), cos, sin)  # (b, kv heads, t, head dim)
         value = value.view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
         self.keys[index][:, :, start:end] = key
         self.values[index][:, :, start:end] = value
         # Attend over the whole (contiguous) buffer: columns not yet written are masked out, and
-        # reading them costs less than copying a slice of the cache at every token.
-        keys, values = self.keys[index].to(query.dtype), self.values[index].to(query.dtype)
+        # reading them costs less than a strided slice of the cache at every token (measured).
+        keys, values = self.keys[index], self.values[index]
         if new > 1:  # the prompt: one call, the fused kernel
             attended = F.scaled_dot_product_attention(
                 query,
@@ -182,4 +201,4 @@ class LeanDecoder:
             scores = scores.masked_fill(~allowed[:, None], float("-inf"))
             attended = (torch.softmax(scores, dim=-1) @ values).view(query.shape)
         attended = attended.transpose(1, 2).reshape(batch, new, q_size)
-        return F.linear(attended, layer.o_weight, layer.o_bias)
+        return self._linear(attended, layer.o_weight, layer.o_bias)

@@ -19,6 +19,7 @@ from foresight.lora import trainable_parameters, wrap_student
 from foresight.models import load_model, load_tokenizer, paired_teacher
 from foresight.opd.completions import TeacherCompletions
 from foresight.opd.distributed import shard_student
+from foresight.opd.precision import float32_attention_on_cpu
 from foresight.tasks import Task, load_task
 
 
@@ -71,6 +72,8 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
         cfg.model.device,
         cfg.model.gradient_checkpointing,
     )
+    if cfg.model.dtype == "bfloat16":
+        float32_attention_on_cpu(student)  # the CPU's bfloat16 attention backward is slow
     if cfg.lora.enabled:  # only the adapters train (lora.py)
         student = wrap_student(student, cfg.lora, resumed_from)
     student = shard_student(student)  # FSDP2 under torchrun; unchanged in one process
