@@ -69,7 +69,7 @@ def test_teacher_logprobs_through_the_map_match_a_float64_reference(pair):
         .gather(-1, teacher_ids[:, 1:, None])
         .squeeze(-1)
     )  # (B, T-1)
-    mask = rollout.attention_mask[:, 1:].bool()
+    mask = rollout.completion_mask[:, 1:].bool()  # scoring skips positions that predict the prompt
     torch.testing.assert_close(
         scores.teacher_logprobs[mask], reference[mask], rtol=1e-10, atol=1e-10
     )

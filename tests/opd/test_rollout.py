@@ -110,3 +110,38 @@ def _pad_as_eos(tokenizer):
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def test_scoring_skips_the_head_on_positions_that_predict_the_prompt(micro_pair):
+    """The LM heads see only positions P-1.. (those predicting completion tokens); the scores
+    there equal a float64 full-sequence log-softmax, and the prompt's columns are zeros."""
+    student = load_model(micro_pair[0], "student").double()
+    teacher = load_model(micro_pair[1], "teacher").double()
+    tokenizer = load_tokenizer(micro_pair[0], "student")
+    rollout = sample(
+        student, tokenizer, ["1+2=", "45+67+8="], 6, 1.0, torch.Generator().manual_seed(0)
+    )
+    seen = []
+    for model in (student, teacher):
+        model.get_output_embeddings().register_forward_hook(
+            lambda m, i, out: seen.append(out.shape[1])
+        )
+    with torch.no_grad():
+        scores = score_tokens(student, rollout, teacher, kind="reverse_kl")
+    width, total = rollout.prompt_width, rollout.ids.shape[1]
+    assert seen and set(seen) == {total - width}  # one chunk each, completion columns only
+    inputs = {"attention_mask": rollout.attention_mask, "position_ids": rollout.position_ids}
+    with torch.no_grad():
+        student_logp = torch.log_softmax(student(rollout.ids, **inputs).logits[:, :-1], dim=-1)
+        teacher_logp = torch.log_softmax(teacher(rollout.ids, **inputs).logits[:, :-1], dim=-1)
+    next_ids = rollout.ids[:, 1:, None]
+    mask = rollout.completion_mask[:, 1:].bool()
+    expected = {
+        "student_logprobs": student_logp.gather(-1, next_ids)[..., 0],
+        "teacher_logprobs": teacher_logp.gather(-1, next_ids)[..., 0],
+        "divergence": (student_logp.exp() * (student_logp - teacher_logp)).sum(-1),
+    }
+    for name, reference in expected.items():
+        got = getattr(scores, name)
+        torch.testing.assert_close(got[mask], reference[mask], rtol=0, atol=1e-10)
+        assert not got[:, : width - 1].any(), name

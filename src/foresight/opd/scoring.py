@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
@@ -28,7 +29,8 @@ from foresight.opd.rollout import Rollout
 
 @dataclass(frozen=True)
 class TokenScores:
-    """Scores of the next token at positions 0..T-2 (position t predicts ids[:, t+1])."""
+    """Scores of the next token at positions 0..T-2 (position t predicts ids[:, t+1]); zeros
+    before P-1, where the next token is still the prompt's."""
 
     student_logprobs: torch.Tensor  # (B, T-1) log p_S of the sampled tokens
     teacher_logprobs: torch.Tensor | None  # (B, T-1) log p_T of the sampled tokens
@@ -158,14 +160,18 @@ def score_tokens(
     per-position divergence, over the teacher's top `teacher_topk` tokens plus a tail bucket when
     set (loss.py `topk_divergence`). `teacher_hidden` (B, T, H) may be passed in when computed.
     """
-    student_hidden = hidden_states(student, rollout)[:, :-1]  # (B, T-1, H)
+    # Position t predicts ids[:, t+1], so the first completion token is predicted at P-1. The
+    # positions before it predict prompt tokens, which no loss reads: their LM head is skipped
+    # (for a chat model's long prompt, most of the head's cost) and their scores are zeros.
+    first = max(rollout.prompt_width - 1, 0)
+    student_hidden = hidden_states(student, rollout)[:, first:-1]  # (B, C, H), C = T-1-first
     teacher_head = None
     if teacher is not None:
         if teacher_hidden is None:
             teacher_hidden = teacher_hidden_states(teacher, rollout)
-        teacher_hidden = teacher_hidden[:, :-1]  # (B, T-1, H)
+        teacher_hidden = teacher_hidden[:, first:-1]  # (B, C, H)
         teacher_head = teacher.get_output_embeddings()
-    next_ids = rollout.ids[:, 1:].to(student_hidden.device)  # (B, T-1)
+    next_ids = rollout.ids[:, first + 1 :].to(student_hidden.device)  # (B, C)
     student_head = student.get_output_embeddings()
     pieces: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, next_ids.shape[1], chunk_tokens):
@@ -192,6 +198,6 @@ def score_tokens(
             pieces.append(checkpoint(_chunk_scores, *args, use_reentrant=False))
         else:
             pieces.append(_chunk_scores(*args))
-    columns = [torch.cat(parts, dim=1) for parts in zip(*pieces)]
+    columns = [F.pad(torch.cat(parts, dim=1), (first, 0)) for parts in zip(*pieces)]  # (B, T-1)
     columns += [None] * (3 - len(columns))
     return TokenScores(*columns)
