@@ -175,3 +175,21 @@ def test_a_map_as_a_json_object_reads_like_the_list(pair, tmp_path):
     )
     models = (load_model(pair["student"], "student"), load_model(pair["teacher"], "teacher"))
     assert check_pair(*tokenizers, *models, path).tolist() == mapping
+
+
+def test_the_probe_scorer_checks_the_scored_model_against_the_teacher(micro_pair, tmp_path):
+    """task_scorer (the analysis probes' scorer) compares the model it scores with the teacher,
+    not the teacher with itself: a teacher with a larger head is refused with a UserError."""
+    from foresight.config import TaskConfig
+    from foresight.evaluate import task_scorer
+
+    wide = load_model(micro_pair[1], "teacher")
+    wide.resize_token_embeddings(wide.config.vocab_size + 8)  # the same tokenizer, a larger head
+    wide.save_pretrained(tmp_path / "wide")
+    load_tokenizer(micro_pair[1], "teacher").save_pretrained(tmp_path / "wide")
+    student = load_model(micro_pair[0], "student")
+    scorer = task_scorer(TaskConfig(name="arith"), micro_pair[0], 4, tmp_path / "wide", 4)
+    with pytest.raises(UserError, match="output vocabulary"):
+        scorer(student)
+    matching = task_scorer(TaskConfig(name="arith"), micro_pair[0], 4, micro_pair[1], 4)
+    assert set(matching(student)) >= {"eval/accuracy", "eval/kl_reverse"}

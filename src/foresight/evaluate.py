@@ -96,12 +96,16 @@ def task_scorer(
     given model currently holds, on the first n_prompts of the task's test split."""
     task = load_task(task_cfg)
     tokenizer = load_tokenizer(model_dir, "student")
-    teacher = None
+    teacher = teacher_tokenizer = None
     if teacher_dir is not None:
         teacher = load_model(teacher_dir, "teacher")
-        check_pair(tokenizer, load_tokenizer(teacher_dir, "teacher"), teacher, teacher)
+        teacher_tokenizer = load_tokenizer(teacher_dir, "teacher")
+    checked: list[torch.nn.Module] = []  # the models already checked against the teacher
 
     def score(model: torch.nn.Module) -> dict[str, float]:
+        if teacher is not None and not any(model is seen for seen in checked):
+            check_pair(tokenizer, teacher_tokenizer, model, teacher)  # the scored model's head
+            checked.append(model)
         return evaluate(
             model,
             tokenizer,
