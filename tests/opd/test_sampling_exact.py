@@ -145,16 +145,51 @@ def test_other_decoders_match_brute_force_reference(micro_pair, kind, monkeypatc
     assert lengths.min() < lengths.max(), "rows should stop at different steps"
 
 
-def test_adapters_send_sampling_through_the_library_forward(micro_pair):
-    """A LoRA student, wrapped or injected in place, is not what the lean decoder computes."""
+@pytest.mark.parametrize("how", ["wrapped", "injected"])
+def test_lora_students_sample_exactly_through_the_lean_decoder(micro_pair, how):
+    """A LoRA student (peft-wrapped, or adapters injected in place) samples through the lean decoder
+    with B·A merged into its fused weights, and draws the brute-force reference's tokens."""
     import peft
 
     from foresight.opd.fast_decode import supports
 
-    lora = peft.LoraConfig(target_modules=["q_proj", "down_proj"], r=2)
-    assert supports(load_model(micro_pair[0], "student"))
-    assert not supports(peft.get_peft_model(load_model(micro_pair[0], "student"), lora))
-    assert not supports(peft.inject_adapter_in_model(lora, load_model(micro_pair[0], "student")))
+    lora = peft.LoraConfig(target_modules=["q_proj", "v_proj", "down_proj"], r=2, lora_alpha=4)
+    base = load_model(micro_pair[0], "student").double()
+    model = (peft.get_peft_model if how == "wrapped" else peft.inject_adapter_in_model)(
+        *((base, lora) if how == "wrapped" else (lora, base))
+    )
+    with torch.no_grad():  # B starts at zero; a random B makes the adapters count
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    model.eval()
+    assert supports(model)
+    tokenizer = load_tokenizer(micro_pair[0], "student")
+    prompts = PROMPTS * 3
+    fast = sample(model, tokenizer, prompts, 10, 1.0, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ids, completion_mask, _ = reference_sample(
+            model, tokenizer, prompts, 10, 1.0, torch.Generator().manual_seed(2)
+        )
+        fresh = load_model(micro_pair[0], "student").double().eval()  # no adapters
+        unadapted, _, _ = reference_sample(
+            fresh, tokenizer, prompts, 10, 1.0, torch.Generator().manual_seed(2)
+        )
+    assert torch.equal(fast.ids, ids)
+    assert torch.equal(fast.completion_mask[:, fast.prompt_width :], completion_mask)
+    assert not torch.equal(unadapted, ids)  # the adapters change what is sampled
+
+
+def test_adapters_the_lean_decoder_cannot_merge_use_the_library_forward(micro_pair):
+    import peft
+
+    from foresight.opd.fast_decode import supports
+
+    for lora in (
+        peft.LoraConfig(target_modules=["q_proj"], r=2, lora_dropout=0.1),
+        peft.LoraConfig(target_modules=["q_proj"], r=2, use_dora=True),
+    ):
+        assert not supports(peft.get_peft_model(load_model(micro_pair[0], "student"), lora))
 
 
 def test_lean_decoder_under_bfloat16_autocast_stays_close_to_the_model(micro_pair):

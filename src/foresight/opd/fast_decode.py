@@ -7,15 +7,16 @@ projection, a copy of the whole cache per token); the arithmetic of a decode ste
 it. This decoder computes the same function with fewer, larger operations: Q, K and V in one matmul,
 gate and up in one, keys and values written in place. It reuses the model's RMSNorm and rotary
 modules, so their numerics are the model's. `supports(model)` names the decoders it implements
-(Qwen2, Qwen3, Llama such as SmolLM2); anything else (a LoRA-wrapped student included) samples
-through the library's forward instead. tests/opd/test_sampling_exact.py checks both paths against a
-brute-force reference.
+(Qwen2, Qwen3, Llama such as SmolLM2, also with plain LoRA adapters, whose B·A is added to the
+fused weights once per rollout); anything else samples through the library's forward instead.
+tests/opd/test_sampling_exact.py checks both paths against a brute-force reference.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import peft
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
@@ -23,13 +24,46 @@ from transformers import PreTrainedModel
 SUPPORTED = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (LoRA student), else the model itself."""
+    return model.get_base_model() if isinstance(model, peft.PeftModel) else model
+
+
+def _plain_lora(module: torch.nn.Module) -> bool:
+    """A LoRA layer whose output is exactly (W + (alpha/R)·B·A) x: one active, unmerged adapter
+    on a plain Linear, no dropout, no DoRA magnitude."""
+    if not isinstance(module, peft.tuners.lora.Linear) or module.disable_adapters:
+        return False
+    adapters = module.active_adapters
+    return (
+        len(adapters) == 1
+        and not module.merged
+        and type(module.get_base_layer()) is torch.nn.Linear
+        and type(module.lora_dropout[adapters[0]]) is torch.nn.Identity
+        and not module.use_dora.get(adapters[0], False)
+    )
+
+
+def _weight(module: torch.nn.Module) -> torch.Tensor:
+    """The weight a projection applies: a Linear's, or a plain LoRA layer's W + (alpha/R)·B·A."""
+    if type(module) is torch.nn.Linear:
+        return module.weight
+    delta = module.get_delta_weight(module.active_adapters[0])
+    return module.get_base_layer().weight + delta
+
+
+def _bias(module: torch.nn.Module) -> torch.Tensor | None:
+    return module.bias if type(module) is torch.nn.Linear else module.get_base_layer().bias
+
+
 def supports(model: torch.nn.Module) -> bool:
-    """Whether `model` is a plain decoder this module implements exactly."""
+    """Whether `model` is a plain decoder this module implements exactly (LoRA adapters included:
+    their B·A is merged into the fused weights once per rollout)."""
+    model = unwrapped(model)
     if type(model).__name__ not in SUPPORTED:
         return False
     config = model.config
     layer_types = getattr(config, "layer_types", None) or ["full_attention"]
-    # Plain Linear projections only: an adapter injected in place (LoRA) would be skipped otherwise.
     projections = [
         getattr(owner, name)
         for layer in model.model.layers
@@ -41,7 +75,8 @@ def supports(model: torch.nn.Module) -> bool:
     ]
     projections.append(model.get_output_embeddings())
     return (
-        all(type(module) is torch.nn.Linear for module in projections)
+        all(type(module) is torch.nn.Linear or _plain_lora(module) for module in projections)
+        and type(model.model.embed_tokens) is torch.nn.Embedding
         and config.hidden_act == "silu"
         and not getattr(config, "mlp_bias", False)
         and set(layer_types) == {"full_attention"}
@@ -72,19 +107,19 @@ def _fuse(model: PreTrainedModel, dtype: torch.dtype) -> list[_Layer]:
     for layer in model.model.layers:
         attention, mlp = layer.self_attn, layer.mlp
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-        biases = [p.bias for p in projections]
+        biases = [_bias(p) for p in projections]
         layers.append(
             _Layer(
                 layer.input_layernorm,
-                _cast(torch.cat([p.weight for p in projections]), dtype),
+                _cast(torch.cat([_weight(p) for p in projections]), dtype),
                 None if biases[0] is None else _cast(torch.cat(biases), dtype),
                 getattr(attention, "q_norm", None),
                 getattr(attention, "k_norm", None),
-                _cast(attention.o_proj.weight, dtype),
-                _cast(attention.o_proj.bias, dtype),
+                _cast(_weight(attention.o_proj), dtype),
+                _cast(_bias(attention.o_proj), dtype),
                 layer.post_attention_layernorm,
-                _cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype),
-                _cast(mlp.down_proj.weight, dtype),
+                _cast(torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)]), dtype),
+                _cast(_weight(mlp.down_proj), dtype),
             )
         )
     return layers
@@ -100,6 +135,7 @@ class LeanDecoder:
     """Incremental forward passes of one batch; the cache holds `capacity` columns per row."""
 
     def __init__(self, model: PreTrainedModel, batch: int, capacity: int) -> None:
+        model = unwrapped(model)
         config = model.config
         device = model.device
         # Under bfloat16 autocast (model.dtype=bfloat16) the matmuls run in bfloat16, as in the
@@ -116,7 +152,7 @@ class LeanDecoder:
         dtype = self.compute_dtype
         self.model, self.layers = model, _fuse(model, dtype)
         head = model.get_output_embeddings()
-        self.head_weight, self.head_bias = _cast(head.weight, dtype), _cast(head.bias, dtype)
+        self.head_weight, self.head_bias = _cast(_weight(head), dtype), _cast(_bias(head), dtype)
         self.head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
