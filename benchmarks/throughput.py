@@ -9,14 +9,19 @@ it measures the machine's rate on a 2048² `torch.mm` in float32 and in bfloat16
 thread count) and states each phase's achieved FLOP rate as a share of it.
 
 FLOPs are model FLOPs of the useful work (real tokens only; padding and activation recomputation are
-not counted), with N = the weights of every `nn.Linear` (attention and MLP projections, LM head; the
-embedding lookup is free), L layers, d = heads x head_dim, and a row of n real tokens:
-  forward of a row          2·N·n + 4·L·d·n(n+1)/2      (matmuls; causal QKᵀ and AV)
-  teacher scoring           forward of every row under the teacher
-  student forward           forward of every row under the student
-  student backward          2 x forward
-  generation                ≈ forward of every row under the student (prefill, then one token at a
-                            time over the cached context; counts the LM head on prompt positions)
+not counted). A row has n real tokens, c of them completion tokens; N_body = the weights of the
+decoder's `nn.Linear`s (attention and MLP projections, LoRA adapters included; the embedding lookup
+is free), N_head = the LM head's, which runs only where the next token is a completion token (c
+positions: scoring skips the prompt's, sampling computes one position per drawn token), L layers,
+d = heads x head_dim:
+  linear of a row           F = 2·N_body·n + 2·N_head·c
+  attention of a row        A = 4·L·d·n(n+1)/2      (causal QKᵀ and AV)
+  teacher scoring           F + A of every row under the teacher
+  student forward           F + A of every row under the student
+  student backward          input gradients F + 2A, plus weight gradients 2·(trainable weights)·
+                            tokens (every weight: 2 x forward; LoRA: adapters only, ~F + 2A)
+  generation                ≈ F + A of every row under the student (prefill, then one token at a
+                            time over the cached context)
   optimizer                 not matmul work; reported in seconds only
 
 Run: .venv/bin/python benchmarks/throughput.py [--config configs/demo.yaml] [--steps 8] [--warmup 2]
@@ -68,19 +73,41 @@ def mm_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(times)
 
 
-def shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(N matmul weights, L layers, d = heads x head_dim) of a decoder."""
+def linear_weights(model: torch.nn.Module, trainable: bool = False) -> tuple[int, int]:
+    """(decoder weights, LM head weights) of the model's `nn.Linear`s; only those that train when
+    `trainable` (a LoRA student: the adapters)."""
+    head = model.get_output_embeddings()
+    head_ids = {id(head.weight)} | {id(m.weight) for m in head.modules() if hasattr(m, "weight")}
+
+    def counted(weight: torch.Tensor) -> bool:
+        return weight.requires_grad or not trainable
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    body = sum(
+        m.weight.numel() for m in linears if id(m.weight) not in head_ids and counted(m.weight)
+    )
+    return body, head.weight.numel() if counted(head.weight) else 0
+
+
+def attention_shape(model: torch.nn.Module) -> tuple[int, int]:
+    """(L layers, d = heads x head_dim) of a decoder."""
     config = model.config.get_text_config(decoder=True)
-    n_linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return n_linear, config.num_hidden_layers, config.num_attention_heads * head_dim
+    return config.num_hidden_layers, config.num_attention_heads * head_dim
 
 
-def forward_flops(model: torch.nn.Module, lengths: torch.Tensor) -> float:
-    """Model FLOPs of one forward pass over rows of `lengths` real tokens (causal attention)."""
-    n_linear, layers, width = shape(model)
-    lengths = lengths.double()
-    return float((2 * n_linear * lengths + 4 * layers * width * lengths * (lengths + 1) / 2).sum())
+def phase_flops(model: torch.nn.Module, lengths: torch.Tensor, completions: torch.Tensor):
+    """(forward, backward) model FLOPs over rows of `lengths` real tokens, `completions` of them
+    generated (the formulas in the module docstring)."""
+    n, c = lengths.double(), completions.double()
+    body, head = linear_weights(model)
+    layers, width = attention_shape(model)
+    linear = 2 * body * n + 2 * head * c
+    attention = 4 * layers * width * n * (n + 1) / 2
+    trained_body, trained_head = linear_weights(model, trainable=True)
+    weight_grads = 2 * trained_body * n + 2 * trained_head * c
+    forward = float((linear + attention).sum())
+    return forward, float((linear + 2 * attention + weight_grads).sum())
 
 
 class PhaseClocks:
@@ -92,7 +119,7 @@ class PhaseClocks:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
-        self.row_lengths = None
+        self.row_lengths = self.completion_lengths = None
         for phase, name in CLOCKED_CALLS.items():
             setattr(train_module, name, self.clocked(phase, getattr(train_module, name)))
         torch.Tensor.backward = self.clocked("student backward", torch.Tensor.backward)
@@ -107,6 +134,7 @@ class PhaseClocks:
             self.cpu[phase] = self.cpu.get(phase, 0.0) + time.process_time() - cpu
             if phase == "generation":
                 self.row_lengths = result.rollout.attention_mask.sum(1)  # (B,)
+                self.completion_lengths = result.rollout.completion_mask.sum(1)  # (B,)
             return result
 
         return timed
@@ -126,6 +154,7 @@ class PhaseClocks:
             "cpu_phases": self.cpu,
             "tokens": stats["tokens/completion"],
             "row_lengths": self.row_lengths,
+            "completion_lengths": self.completion_lengths,
         }
 
 
@@ -140,8 +169,10 @@ def measure(config: Path, steps: int, warmup: int, overrides: list[str]) -> dict
     def median(key: str) -> dict[str, float]:
         return {name: statistics.median(r[key].get(name, 0.0) for r in records) for name in PHASES}
 
-    student = [forward_flops(trainer.student, r["row_lengths"]) for r in records]
-    teacher = [forward_flops(trainer.teacher, r["row_lengths"]) for r in records]
+    def flops(model: torch.nn.Module) -> list[tuple[float, float]]:
+        return [phase_flops(model, r["row_lengths"], r["completion_lengths"]) for r in records]
+
+    student, teacher = flops(trainer.student), flops(trainer.teacher)
     return {
         "config": str(config),
         "overrides": overrides,
@@ -161,10 +192,10 @@ def measure(config: Path, steps: int, warmup: int, overrides: list[str]) -> dict
         "phase_s": median("wall_phases"),
         "phase_cpu_s": median("cpu_phases"),
         "phase_flops": {
-            "generation": statistics.median(student),
-            "teacher scoring": statistics.median(teacher),
-            "student forward": statistics.median(student),
-            "student backward": 2 * statistics.median(student),
+            "generation": statistics.median(f for f, _ in student),
+            "teacher scoring": statistics.median(f for f, _ in teacher),
+            "student forward": statistics.median(f for f, _ in student),
+            "student backward": statistics.median(b for _, b in student),
         },
     }
 

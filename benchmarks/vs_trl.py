@@ -20,9 +20,15 @@ samples).
 Configurations: "tiny" is the committed `models/arith/{base,teacher}` (0.8M parameters each);
 "small" is a ~5M pair (MODEL_SIZES["small"]) built once by `prepare_task` with a short schedule
 (base = SFT step 30, teacher = step 150) into runs/bench_models/arith unless it exists there (about
-20 minutes on one busy core). A SmolLM2-135M configuration is not implemented yet (a note says so).
+20 minutes on one busy core). "smollm2" is SmolLM2-135M-Instruct (`make models/smollm2-135m-instruct`)
+as the teacher and, as the student, a copy whose decoder weights carry fixed Gaussian noise
+(relative scale NOISE, seed 0; written once into runs/bench_models/smollm2-noisy) trained through
+LoRA adapters (r 8, alpha 16, all seven projections; peft on both sides): distillation pulls the
+noisy copy back toward the teacher, so the held-out KL says whether each side learned. Its prompts
+are the arith prompts rendered with the model's chat template (TRL gets the rendered text, so both
+sides tokenize the same ids); it runs only when the imported folder exists.
 
-Run: .venv/bin/python benchmarks/vs_trl.py [--sizes tiny small] [--reps 3] [--threads 1]
+Run: .venv/bin/python benchmarks/vs_trl.py [--sizes tiny small smollm2] [--reps 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -35,15 +41,32 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 SMALL_DIR = Path("runs/bench_models/arith")
 SMOLLM2_DIR = Path("models/smollm2-135m-instruct")  # `foresight import-gguf` writes it
+NOISY_DIR = Path("runs/bench_models/smollm2-noisy")
+NOISE = 0.05  # the student's decoder weights: w + NOISE * std(w) * N(0, 1)
+
+
+@dataclass(frozen=True)
+class Setting:
+    student: Path
+    teacher: Path
+    batch: int
+    max_new_tokens: int
+    steps: int  # timed steps (after --warmup)
+    eval_prompts: int
+    lora: bool = False
+
+
 SIZES = {
-    # size: student folder, teacher folder, batch, completion cap, timed steps
-    "tiny": (Path("models/arith/base"), Path("models/arith/teacher"), 64, 40, 16),
-    "small": (SMALL_DIR / "base", SMALL_DIR / "teacher", 32, 40, 8),
+    "tiny": Setting(Path("models/arith/base"), Path("models/arith/teacher"), 64, 40, 16, 256),
+    "small": Setting(SMALL_DIR / "base", SMALL_DIR / "teacher", 32, 40, 8, 256),
+    "smollm2": Setting(NOISY_DIR, SMOLLM2_DIR, 8, 32, 4, 64, lora=True),
 }
+LORA = {"r": 8, "alpha": 16.0, "dropout": 0.0}
 LR = 1e-3
 BETAS = (0.9, 0.95)
 
@@ -51,18 +74,21 @@ BETAS = (0.9, 0.95)
 def base_config(args: argparse.Namespace):
     from foresight.config import Config
 
-    student, teacher, batch, max_new_tokens, _ = SIZES[args.size]
+    setting = SIZES[args.size]
     return Config.model_validate(
         {
             "model": {
-                "student": str(student),
-                "teacher": str(teacher),
+                "student": str(setting.student),
+                "teacher": str(setting.teacher),
                 # bfloat16: the student's passes under autocast, the teacher's weights in bfloat16
                 "dtype": args.precision,
                 "teacher_dtype": args.precision,
             },
             "task": {"name": "arith"},
-            "rollout": {"prompts_per_step": batch, "max_new_tokens": max_new_tokens},
+            "rollout": {
+                "prompts_per_step": setting.batch,
+                "max_new_tokens": setting.max_new_tokens,
+            },
             "loss": {"kind": "reverse_kl"},
             "optim": {"lr": LR, "betas": list(BETAS), "weight_decay": 0.0, "grad_clip": 1.0},
             "train": {
@@ -71,6 +97,7 @@ def base_config(args: argparse.Namespace):
                 "threads": args.threads,
             },
             "log": {"tensorboard": False},
+            "lora": {"enabled": setting.lora, **LORA},
         }
     )
 
@@ -102,22 +129,36 @@ def run_trl(args: argparse.Namespace, scratch: Path) -> dict:
     import trl
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+    from foresight.models import load_tokenizer
     from foresight.opd.completions import step_examples
+    from foresight.opd.rollout import encode_prompts
     from foresight.tasks import load_task
 
     cfg = base_config(args)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.student, local_files_only=True)
+    ours = load_tokenizer(cfg.model.student, "student", cfg.model.chat_template)
     student, teacher = (
         AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
         for folder in (cfg.model.student, cfg.model.teacher)
     )
     task = load_task(cfg.task)
-    # Step k's prompts, in order, with BOS written into the text as our rollouts prepend it.
-    prompts = [
-        tokenizer.bos_token + example.prompt
-        for step in range(1, cfg.train.steps + 1)
-        for example in step_examples(task, cfg, step)
-    ]
+    # Step k's prompts, in order, as the text of the ids our rollouts start from (BOS prepended,
+    # or the chat template rendered); TRL tokenizes a text prompt without adding special tokens.
+    examples = [e for step in range(1, cfg.train.steps + 1) for e in step_examples(task, cfg, step)]
+    prompt_ids = encode_prompts(ours, [e.prompt for e in examples])
+    prompts = [tokenizer.decode(ids) for ids in prompt_ids]
+    assert [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts] == prompt_ids
+    peft_config = None
+    if SIZES[args.size].lora:
+        import peft
+
+        peft_config = peft.LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules=list(cfg.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
     times, cpu_times, tokens = [], [], []
 
     class StepTimer(TrainerCallback):
@@ -171,13 +212,14 @@ def run_trl(args: argparse.Namespace, scratch: Path) -> dict:
         train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
         processing_class=tokenizer,
         callbacks=[StepTimer()],
+        peft_config=peft_config,
     )
     trainer.train()
     return {
         "times": times,
         "cpu_times": cpu_times,
         "tokens": tokens,
-        "student": student,
+        "student": trainer.model,
         "teacher": teacher,
     }
 
@@ -228,6 +270,27 @@ def worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def ensure_noisy_smollm2() -> None:
+    """The SmolLM2 student: the imported model with fixed noise on its decoder weights."""
+    if (NOISY_DIR / "config.json").is_file():
+        return
+    import torch
+
+    from foresight.models import load_model, load_tokenizer
+
+    print(f"writing the noisy SmolLM2 student into {NOISY_DIR} (noise {NOISE}, seed 0) ...")
+    model = load_model(SMOLLM2_DIR, "student")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, weight in model.model.layers.named_parameters():
+            if weight.ndim == 2:  # the projections; norms stay as they are
+                noise = torch.randn(weight.shape, generator=generator)
+                weight.add_(noise * weight.std() * NOISE)
+    model.save_pretrained(NOISY_DIR)
+    load_tokenizer(SMOLLM2_DIR, "student").save_pretrained(NOISY_DIR)
+    model.generation_config.save_pretrained(NOISY_DIR)
+
+
 def ensure_small_pair() -> None:
     if (SMALL_DIR / "teacher" / "config.json").is_file():
         return
@@ -256,9 +319,9 @@ def launch(side: str, size: str, seed: int, args: argparse.Namespace) -> dict:
         "--warmup",
         str(args.warmup),
         "--steps",
-        str(args.steps or SIZES[size][4]),
+        str(args.steps or SIZES[size].steps),
         "--eval-prompts",
-        str(args.eval_prompts),
+        str(args.eval_prompts or SIZES[size].eval_prompts),
         "--precision",
         args.precision,
     ]
@@ -323,7 +386,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=0, help="timed steps; 0 = per-size default")
-    parser.add_argument("--eval-prompts", type=int, default=256)
+    parser.add_argument("--eval-prompts", type=int, default=0, help="0 = per-size default")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=list(SIZES), help=argparse.SUPPRESS)
@@ -332,13 +395,12 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    if SMOLLM2_DIR.is_dir():
-        print(
-            f"note: {SMOLLM2_DIR} exists, but a SmolLM2-135M (LoRA student) configuration is not "
-            "part of this benchmark yet; only the embedded tiny and small pairs are compared."
-        )
-    else:
-        print(f"note: no SmolLM2-135M configuration ({SMOLLM2_DIR} is missing); skipped.")
+    if "smollm2" in args.sizes:
+        if not (SMOLLM2_DIR / "config.json").is_file():
+            print(f"note: {SMOLLM2_DIR} is missing (make {SMOLLM2_DIR}); smollm2 skipped.")
+            args.sizes = [size for size in args.sizes if size != "smollm2"]
+        else:
+            ensure_noisy_smollm2()
     if "small" in args.sizes:
         ensure_small_pair()
     rows = []
