@@ -123,107 +123,6 @@ def run_ours(args: argparse.Namespace) -> dict:
     }
 
 
-def run_trl(args: argparse.Namespace, scratch: Path) -> dict:
-    import datasets
-    import torch
-    import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-    from foresight.models import load_tokenizer
-    from foresight.opd.completions import step_examples
-    from foresight.opd.rollout import encode_prompts
-    from foresight.tasks import load_task
-
-    cfg = base_config(args)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.student, local_files_only=True)
-    ours = load_tokenizer(cfg.model.student, "student", cfg.model.chat_template)
-    student, teacher = (
-        AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-        for folder in (cfg.model.student, cfg.model.teacher)
-    )
-    task = load_task(cfg.task)
-    # Step k's prompts, in order, as the text of the ids our rollouts start from (BOS prepended,
-    # or the chat template rendered); TRL tokenizes a text prompt without adding special tokens.
-    examples = [e for step in range(1, cfg.train.steps + 1) for e in step_examples(task, cfg, step)]
-    prompt_ids = encode_prompts(ours, [e.prompt for e in examples])
-    prompts = [tokenizer.decode(ids) for ids in prompt_ids]
-    assert [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts] == prompt_ids
-    peft_config = None
-    if SIZES[args.size].lora:
-        import peft
-
-        peft_config = peft.LoraConfig(
-            r=LORA["r"],
-            lora_alpha=LORA["alpha"],
-            lora_dropout=LORA["dropout"],
-            target_modules=list(cfg.lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
-    times, cpu_times, tokens = [], [], []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started, self.cpu_started = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.started)
-            cpu_times.append(time.process_time() - self.cpu_started)
-
-    class CountingTrainer(trl.DistillationTrainer):
-        def _generate_and_score_completions(self, inputs):
-            output = super()._generate_and_score_completions(inputs)
-            tokens.append(float(output["completion_mask"].sum()))
-            return output
-
-    trl_args = trl.DistillationConfig(
-        output_dir=str(scratch),
-        use_cpu=True,
-        bf16=args.precision == "bfloat16",  # autocast for both models' passes
-        fp16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=cfg.train.steps,
-        disable_tqdm=True,
-        max_steps=cfg.train.steps,
-        per_device_train_batch_size=cfg.rollout.prompts_per_step,
-        gradient_accumulation_steps=1,
-        max_completion_length=cfg.rollout.max_new_tokens,
-        learning_rate=cfg.optim.lr,
-        adam_beta1=BETAS[0],
-        adam_beta2=BETAS[1],
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        warmup_steps=0,
-        lr_scheduler_type="constant",
-        beta=1.0,  # reverse KL(student ‖ teacher), full vocabulary
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        shuffle_dataset=False,
-        disable_dropout=True,
-        seed=args.seed,
-        dataloader_num_workers=0,
-    )
-    trainer = CountingTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=trl_args,
-        train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
-        processing_class=tokenizer,
-        callbacks=[StepTimer()],
-        peft_config=peft_config,
-    )
-    trainer.train()
-    return {
-        "times": times,
-        "cpu_times": cpu_times,
-        "tokens": tokens,
-        "student": trainer.model,
-        "teacher": teacher,
-    }
-
-
 def worker(args: argparse.Namespace) -> None:
     """One run in this (fresh) process; prints one RESULT line: timings and held-out scores."""
     import tempfile
@@ -238,7 +137,12 @@ def worker(args: argparse.Namespace) -> None:
     quiet_libraries()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
-        run = run_ours(args) if args.worker == "ours" else run_trl(args, Path(scratch))
+        if args.worker == "ours":
+            run = run_ours(args)
+        else:
+            from trl_side import run_trl  # benchmarks/ is on sys.path: this script's folder
+
+            run = run_trl(base_config(args), args.precision, Path(scratch))
     cfg = base_config(args)
     times, tokens = run["times"][args.warmup :], run["tokens"][args.warmup :]
     cpu_times = run["cpu_times"][args.warmup :]
