@@ -14,6 +14,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen3Config,
@@ -21,7 +22,7 @@ from transformers import (
 )
 
 from foresight.errors import UserError
-from foresight.templates import check_templates, set_chat_mode
+from foresight.templates import check_templates, set_chat_mode, set_stop_ids
 from foresight.vocab import MappedTeacher, check_vocab_map, read_vocab_map
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -166,6 +167,11 @@ def load_tokenizer(folder: Path, role: str, chat_template: str = "auto") -> PreT
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     set_chat_mode(tokenizer, chat_template, role)
+    try:  # sampling also stops at the end tokens the model's generation_config lists
+        extra = GenerationConfig.from_pretrained(folder, local_files_only=True).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's EOS alone
+        extra = None
+    set_stop_ids(tokenizer, extra)
     return tokenizer
 
 

@@ -20,6 +20,7 @@ from foresight.errors import UserError
 # The decision is stored on the tokenizer object, so every function that already receives the
 # tokenizer (rollout, evaluation, EffOPD validation) encodes prompts the same way.
 CHAT_ATTRIBUTE = "foresight_chat"
+STOP_ATTRIBUTE = "foresight_stop_ids"
 CHAT_MODES = ("auto", "always", "never")
 
 PROBE_PROMPT = "What is 17 + 25? Answer with the number only."
@@ -130,3 +131,16 @@ def check_templates(
         f"{teacher_piece!r}), which would bias every teacher log-prob; use models with the same "
         f"chat template and tokenizer ({fix})."
     )
+
+
+def set_stop_ids(tokenizer: PreTrainedTokenizerBase, extra: int | list[int] | None) -> None:
+    """Record the ids that end a completion: the tokenizer's EOS, plus the model's
+    generation_config `eos_token_id` (chat models often list a second end token)."""
+    extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+    ids = [tokenizer.eos_token_id] + [i for i in extra if i != tokenizer.eos_token_id]
+    setattr(tokenizer, STOP_ATTRIBUTE, list(dict.fromkeys(ids)))
+
+
+def stop_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids that end a completion (set_stop_ids; the EOS alone when none were recorded)."""
+    return getattr(tokenizer, STOP_ATTRIBUTE, None) or [tokenizer.eos_token_id]

@@ -145,3 +145,40 @@ def test_scoring_skips_the_head_on_positions_that_predict_the_prompt(micro_pair)
         got = getattr(scores, name)
         torch.testing.assert_close(got[mask], reference[mask], rtol=0, atol=1e-10)
         assert not got[:, : width - 1].any(), name
+
+
+def test_sampling_stops_at_every_end_token_of_the_generation_config(micro_pair, tmp_path):
+    """A model whose generation_config lists a second end token (chat models often do) stops each
+    row at either; the row counts as ended, and its text drops the end token."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    from foresight.opd.rollout import ended_with_eos
+
+    folder = tmp_path / "two_ends"
+    shutil.copytree(micro_pair[0], folder)
+    model = load_model(folder, "student").double()
+    tokenizer = load_tokenizer(folder, "student")
+    prompts = ["1+2=", "12+3=", "7=", "45+67+8="] * 4
+
+    def draw(tok):
+        return sample(model, tok, prompts, 12, 1.0, torch.Generator().manual_seed(3))
+
+    plain = draw(tokenizer)
+    eos = tokenizer.eos_token_id
+    generated = plain.completion_mask[:, plain.prompt_width :].bool()
+    counts = torch.bincount(plain.ids[:, plain.prompt_width :][generated])
+    counts[[eos, tokenizer.pad_token_id]] = 0
+    second = int(counts.argmax())  # the token sampled most often becomes a second end token
+    GenerationConfig(eos_token_id=[eos, second]).save_pretrained(folder)
+    tokenizer = load_tokenizer(folder, "student")
+    rollout = draw(tokenizer)
+    rows = rollout.completion_ids()
+    assert any(row[-1] == second for row in rows)
+    texts = decode_completions(tokenizer, rollout)
+    for row, ended, text in zip(rows, ended_with_eos(tokenizer, rollout), texts):
+        ends = [i for i, t in enumerate(row) if t in (eos, second)]
+        assert ends in ([], [len(row) - 1])  # nothing is sampled after an end token
+        assert ended == bool(ends)
+        assert text == tokenizer.decode(row[:-1] if ended else row)

@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.opd.fast_decode import LeanDecoder, supports
-from foresight.templates import encode_chat_prompts, uses_chat
+from foresight.templates import encode_chat_prompts, stop_ids, uses_chat
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,8 @@ def _generate(
     greedy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     device = model.device
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad_id = tokenizer.pad_token_id
+    stops = torch.tensor(stop_ids(tokenizer), device=device)  # EOS and the model's other end ids
     prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     batch, width = prompt_ids.shape
@@ -170,7 +171,7 @@ def _generate(
         token = torch.where(alive, _draw(logits, temperature, generator, greedy), pad_id)  # (B,)
         completion[:, step] = token
         completion_mask[:, step] = alive
-        alive = alive & (token != eos_id)
+        alive = alive & ~torch.isin(token, stops)
         if step == max_new_tokens - 1 or not bool(alive.any()):
             generated = step + 1
             break  # no forward pass for logits nobody will sample from
@@ -196,14 +197,16 @@ def _generate(
 
 
 def ended_with_eos(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[bool]:
-    """Whether each row stopped at EOS (rather than at max_new_tokens)."""
-    return [bool(row) and row[-1] == tokenizer.eos_token_id for row in rollout.completion_ids()]
+    """Whether each row stopped at an end token (EOS or another of stop_ids), not at
+    max_new_tokens."""
+    stops = set(stop_ids(tokenizer))
+    return [bool(row) and row[-1] in stops for row in rollout.completion_ids()]
 
 
 def decode_completions(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:
-    """Completion texts without EOS or padding."""
-    eos_id = tokenizer.eos_token_id
-    rows = [[t for t in row if t != eos_id] for row in rollout.completion_ids()]
+    """Completion texts without their end token or padding."""
+    stops = set(stop_ids(tokenizer))
+    rows = [[t for t in row if t not in stops] for row in rollout.completion_ids()]
     return tokenizer.batch_decode(rows, skip_special_tokens=False)
 
 
