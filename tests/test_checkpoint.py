@@ -62,6 +62,19 @@ def test_resume_refuses_a_changed_config(micro_pair, tmp_path):
         train(changed, resume=True)
 
 
+def test_resume_refuses_more_steps_under_a_cosine_schedule(micro_pair, tmp_path):
+    """A cosine schedule's learning rates depend on train.steps: extending such a run would not
+    continue the schedule it started. A constant schedule may be extended."""
+    cosine = {"schedule": "cosine"}
+    train(micro_config(*micro_pair, tmp_path / "cos", train={"steps": 1}, optim=cosine))
+    longer = micro_config(*micro_pair, tmp_path / "cos", train={"steps": 2}, optim=cosine)
+    with pytest.raises(UserError, match="train.steps changed from 1 to 2"):
+        train(longer, resume=True)
+    train(micro_config(*micro_pair, tmp_path / "flat", train={"steps": 1}))
+    train(micro_config(*micro_pair, tmp_path / "flat", train={"steps": 2}), resume=True)
+    assert [step for step, _ in list_checkpoints(tmp_path / "flat")][-1] == 2
+
+
 def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors")
 

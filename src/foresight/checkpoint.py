@@ -145,7 +145,15 @@ def check_resumable_config(run_dir: Path, cfg: Config) -> None:
         )
     saved = load_config(saved_path).model_dump(mode="json")
     given = cfg.model_dump(mode="json")
-    # What may change on resume: the step budget and how the run is watched, not what it computes.
+    before, now = saved["train"]["steps"], given["train"]["steps"]
+    if before != now and given["optim"]["schedule"] == "cosine":
+        raise UserError(
+            f"train.steps changed from {before} to {now}, but the cosine schedule's learning rates "
+            f"depend on train.steps, so {run_dir} would not continue the schedule it started; keep "
+            f"train.steps={before}, or start a new run folder."
+        )
+    # What may change on resume: the step budget (not under a cosine schedule, above) and how the
+    # run is watched, not what it computes.
     for config in (saved, given):
         for section in ("eval", "log", "dynamics"):
             config.pop(section)
