@@ -59,6 +59,14 @@ def hidden_states(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
     return model.get_decoder()(**inputs).last_hidden_state
 
 
+def head_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on a chunk of hidden states (B, C, H) -> (B, C, V). The chunk is a column slice
+    of (B, T, H), which a linear layer would run as a batched matmul against the weight repeated
+    per row (measured 2.4x slower for SmolLM2's 49k-token head); a contiguous copy of the (small)
+    hidden states makes it one matrix product."""
+    return head(hidden.contiguous())
+
+
 def _teacher_chunk(
     teacher_head: torch.nn.Module,
     teacher_hidden: torch.Tensor,
@@ -70,7 +78,7 @@ def _teacher_chunk(
     plus its top-k ids (B, C, k) and bucket log-probs (B, C, k+1) when `teacher_topk` is set. Only
     these cross to the student's device, not the teacher's (B, C, V) logits."""
     with torch.no_grad(), own_dtype(teacher_hidden.device):
-        teacher_logits = teacher_head(teacher_hidden)  # (B, C, V)
+        teacher_logits = head_logits(teacher_head, teacher_hidden)  # (B, C, V)
         teacher_logp = sampled_logprobs(teacher_logits, next_ids.to(teacher_logits.device))
         if teacher_topk is None:
             return (teacher_logp.to(device),)
@@ -91,7 +99,7 @@ def _chunk_scores(
     """Scores of one chunk. `teacher_scores` are `_teacher_chunk`'s, computed outside the student's
     activation checkpoint when they are small; a full-vocabulary divergence instead computes the
     teacher's logits here, so they are never stored for every chunk at once."""
-    student_logits = student_head(student_hidden)  # (B, C, V)
+    student_logits = head_logits(student_head, student_hidden)  # (B, C, V)
     if teacher_head is not None and teacher_scores and kind != "sampled_rkl":
         teacher_logp, topk_ids, teacher_buckets = teacher_scores
         # The sampled token and the teacher's top k in one pass over the (B, C, V) logits.
@@ -105,7 +113,7 @@ def _chunk_scores(
         return (student_logp,)
     if not teacher_scores:
         with torch.no_grad(), own_dtype(teacher_hidden.device):
-            teacher_logits = teacher_head(teacher_hidden)  # (B, C, V)
+            teacher_logits = head_logits(teacher_head, teacher_hidden)  # (B, C, V)
             teacher_logp = sampled_logprobs(teacher_logits, next_ids.to(teacher_logits.device))
             teacher_logits = teacher_logits.to(student_logits.device)
         per_position = divergence(kind, student_logits, teacher_logits, beta)
