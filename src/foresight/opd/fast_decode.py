@@ -89,8 +89,10 @@ class _Layer:
     input_norm: torch.nn.Module
     qkv_weight: torch.Tensor  # (q + 2·kv, H)
     qkv_bias: torch.Tensor | None
-    q_norm: torch.nn.Module | None  # Qwen3 normalizes each head's query and key
-    k_norm: torch.nn.Module | None
+    # Qwen3 normalizes each head's query and key: their RMSNorm weights stacked per head
+    # (heads + kv heads, head dim), so queries and keys are normalized in one pass.
+    qk_norm_weight: torch.Tensor | None
+    qk_norm_eps: float
     o_weight: torch.Tensor  # (H, q)
     o_bias: torch.Tensor | None
     post_norm: torch.nn.Module
@@ -102,19 +104,27 @@ def _cast(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | Non
     return None if tensor is None else tensor.detach().to(dtype)
 
 
-def _fuse(model: PreTrainedModel, dtype: torch.dtype) -> list[_Layer]:
+def _fuse(model: PreTrainedModel, dtype: torch.dtype, heads: int, kv_heads: int) -> list[_Layer]:
     layers = []
     for layer in model.model.layers:
         attention, mlp = layer.self_attn, layer.mlp
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
         biases = [_bias(p) for p in projections]
+        q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+        qk_norm_weight, eps = None, 0.0
+        if q_norm is not None:
+            head_dim = q_norm.weight.shape[0]
+            qk_norm_weight = torch.cat(
+                [q_norm.weight.expand(heads, head_dim), k_norm.weight.expand(kv_heads, head_dim)]
+            ).detach()
+            eps = q_norm.variance_epsilon
         layers.append(
             _Layer(
                 layer.input_layernorm,
                 _cast(torch.cat([_weight(p) for p in projections]), dtype),
                 None if biases[0] is None else _cast(torch.cat(biases), dtype),
-                getattr(attention, "q_norm", None),
-                getattr(attention, "k_norm", None),
+                qk_norm_weight,
+                eps,
                 _cast(_weight(attention.o_proj), dtype),
                 _cast(_bias(attention.o_proj), dtype),
                 layer.post_attention_layernorm,
@@ -123,6 +133,14 @@ def _fuse(model: PreTrainedModel, dtype: torch.dtype) -> list[_Layer]:
             )
         )
     return layers
+
+
+def _head_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen3's per-head RMSNorm, operation for operation (float32 inside, as the library's)."""
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -150,13 +168,14 @@ class LeanDecoder:
             else model.dtype
         )
         dtype = self.compute_dtype
-        self.model, self.layers = model, _fuse(model, dtype)
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.model = model
+        self.layers = _fuse(model, dtype, self.heads, self.kv_heads)
         head = model.get_output_embeddings()
         self.head_weight, self.head_bias = _cast(_weight(head), dtype), _cast(_bias(head), dtype)
         self.head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
-        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         shape = (batch, self.kv_heads, capacity, self.head_dim)  # (B, kv heads, P + G, head dim)
         self.keys = [torch.zeros(shape, dtype=model.dtype, device=device) for _ in self.layers]
         self.values = [torch.zeros(shape, dtype=model.dtype, device=device) for _ in self.layers]
@@ -208,15 +227,16 @@ class LeanDecoder:
         batch, new = hidden.shape[:2]
         qkv = self._linear(layer.input_norm(hidden), layer.qkv_weight, layer.qkv_bias)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        query = query.view(batch, new, self.heads, self.head_dim)
-        key = key.view(batch, new, self.kv_heads, self.head_dim)
-        if layer.q_norm is not None:
-            query, key = layer.q_norm(query), layer.k_norm(key)
+        # Queries and keys are adjacent heads of the fused projection: normalized (Qwen3) and
+        # rotated together, then split.
+        query_key = qkv[..., : q_size + kv_size].view(batch, new, -1, self.head_dim)
+        if layer.qk_norm_weight is not None:
+            query_key = _head_norm(query_key, layer.qk_norm_weight, layer.qk_norm_eps)
         dtype = self.keys[index].dtype  # attention runs in the model's dtype
-        query = _rotate(query.transpose(1, 2).to(dtype), cos, sin)  # (b, heads, t, head dim)
-        key = _rotate(key.transpose(1, 2).to(dtype), cos, sin)  # (b, kv heads, t, head dim)
-        value = value.view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
+        query_key = _rotate(query_key.transpose(1, 2).to(dtype), cos, sin)  # (b, h + kv, t, d)
+        query, key = query_key.split([self.heads, self.kv_heads], dim=1)
+        value = qkv[..., q_size + kv_size :].view(batch, new, self.kv_heads, self.head_dim)
+        value = value.transpose(1, 2)  # (b, kv heads, t, head dim)
         self.keys[index][:, :, start:end] = key
         self.values[index][:, :, start:end] = value
         # Attend over the whole (contiguous) buffer: columns not yet written are masked out, and
