@@ -203,8 +203,24 @@ class LeanDecoder:
     def _next_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         start, new = self.length, input_ids.shape[1]
         end = start + new
+        mask = self._mask(attention_mask, start, end)
+        hidden = self.model.model.embed_tokens(input_ids)  # (b, t, H)
+        cos, sin = self.model.model.rotary_emb(hidden, position_ids)  # (b, t, head dim)
+        cos, sin = cos[:, None], sin[:, None]
+        for index, layer in enumerate(self.layers):
+            hidden = hidden + self._attention(index, layer, hidden, cos, sin, mask, start, end)
+            gate, up = self._linear(layer.post_norm(hidden), layer.gate_up_weight).chunk(2, dim=-1)
+            hidden = hidden + self._linear(F.silu(gate) * up, layer.down_weight)
+        self.length = end
+        last = self.model.model.norm(hidden[:, -1])  # (b, H)
+        return self._linear(last, self.head_weight, self.head_bias)  # (b, V)
+
+    def _mask(self, attention_mask: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Which cache columns each new token attends to, shared by every layer: a boolean
+        (b, t, C) for the prompt's SDPA call; an additive float (b·kv heads, 1, C), 0 or -inf,
+        for one token, whose scores take it in the same call that scales them."""
         capacity = self.keys[0].shape[2]
-        columns = torch.arange(capacity, device=input_ids.device)  # (C,)
+        columns = torch.arange(capacity, device=attention_mask.device)  # (C,)
         query_columns = columns[start:end, None]  # (t, 1)
         real = F.pad(attention_mask.bool(), (0, capacity - end))  # (b, C): unwritten columns off
         # Real keys up to each query; each query also sees itself, so a padding query's attention
@@ -212,18 +228,13 @@ class LeanDecoder:
         allowed = (real[:, None, :] & (columns <= query_columns)) | (
             columns == query_columns
         )  # (b, t, C)
-        hidden = self.model.model.embed_tokens(input_ids)  # (b, t, H)
-        cos, sin = self.model.model.rotary_emb(hidden, position_ids)  # (b, t, head dim)
-        cos, sin = cos[:, None], sin[:, None]
-        for index, layer in enumerate(self.layers):
-            hidden = hidden + self._attention(index, layer, hidden, cos, sin, allowed, start, end)
-            gate, up = self._linear(layer.post_norm(hidden), layer.gate_up_weight).chunk(2, dim=-1)
-            hidden = hidden + self._linear(F.silu(gate) * up, layer.down_weight)
-        self.length = end
-        last = self.model.model.norm(hidden[:, -1])  # (b, H)
-        return self._linear(last, self.head_weight, self.head_bias)  # (b, V)
+        if end - start > 1:
+            return allowed
+        bias = torch.zeros(allowed.shape, dtype=self.keys[0].dtype, device=allowed.device)
+        bias = bias.masked_fill_(~allowed, float("-inf"))  # (b, 1, C)
+        return bias.repeat_interleave(self.kv_heads, dim=0)  # row i·kv + j: row i's kv head j
 
-    def _attention(self, index, layer, hidden, cos, sin, allowed, start, end) -> torch.Tensor:
+    def _attention(self, index, layer, hidden, cos, sin, mask, start, end) -> torch.Tensor:
         batch, new = hidden.shape[:2]
         qkv = self._linear(layer.input_norm(hidden), layer.qkv_weight, layer.qkv_bias)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
@@ -247,14 +258,16 @@ class LeanDecoder:
                 query,
                 keys,
                 values,
-                attn_mask=allowed[:, None],
+                attn_mask=mask[:, None],
                 enable_gqa=self.kv_heads != self.heads,
             )  # (b, heads, t, head dim)
         else:  # one token: two small batched matmuls beat the blocked kernel's set-up per call
-            groups = self.heads // self.kv_heads  # query head h reads kv head h // groups
-            grouped = query.view(batch, self.kv_heads, groups, self.head_dim)
-            scores = grouped @ keys.transpose(-1, -2) * self.head_dim**-0.5  # (b, kv, g, C)
-            scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-            attended = (torch.softmax(scores, dim=-1) @ values).view(query.shape)
+            # Query head h reads kv head h // groups: the heads of one kv head form one matrix.
+            flat = (batch * self.kv_heads, -1, self.head_dim)  # (b·kv heads, ·, head dim)
+            grouped, keys, values = query.reshape(flat), keys.view(flat), values.view(flat)
+            scores = torch.baddbmm(
+                mask, grouped, keys.transpose(1, 2), alpha=self.head_dim**-0.5
+            )  # (b·kv heads, groups, C): the scaled scores plus the additive mask, in one call
+            attended = torch.bmm(torch.softmax(scores, dim=-1), values).view(query.shape)
         attended = attended.transpose(1, 2).reshape(batch, new, q_size)
         return self._linear(attended, layer.o_weight, layer.o_bias)
