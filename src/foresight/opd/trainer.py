@@ -19,6 +19,7 @@ from foresight.lora import trainable_parameters, wrap_student
 from foresight.models import load_model, load_tokenizer, paired_teacher
 from foresight.opd.completions import TeacherCompletions
 from foresight.opd.distributed import shard_student
+from foresight.opd.host_memory import reuse_freed_memory
 from foresight.opd.precision import float32_attention_on_cpu
 from foresight.tasks import Task, load_task
 
@@ -57,6 +58,8 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
 def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     """Load task, models and optimizer; `student_dir` overrides model.student (used by resume)."""
     task = load_task(cfg.task)
+    if "cpu" in (torch.device(cfg.model.device).type, torch.device(cfg.model.teacher_device).type):
+        reuse_freed_memory()  # large per-step CPU tensors are not faulted in again every step
     torch.manual_seed(cfg.train.seed)  # anything not driven by an explicit generator
     resumed_from = student_dir
     student_dir = student_dir or cfg.model.student
