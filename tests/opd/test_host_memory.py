@@ -18,9 +18,10 @@ import pytest
 from foresight.opd.host_memory import reuse_freed_memory
 
 # A step's worth of large temporaries (a full-vocabulary loss's shape of work: four 64 MiB float32
-# tensors made and freed), run twice to warm up, then five times while page faults are counted.
+# tensors made and freed), twelve times; the page faults of each step are counted. The heap settles
+# within the first steps (more threads, more steps): the median of the last eight is compared.
 PROBE = """
-import json, resource, sys
+import json, resource, statistics, sys
 import torch
 from foresight.opd.host_memory import reuse_freed_memory
 applied = reuse_freed_memory() if sys.argv[1] == "reuse" else None
@@ -31,13 +32,12 @@ def step():
     p = logp.exp()
     return float((p * (logp - a)).sum())
 
-for _ in range(2):
+faults = []
+for _ in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    step()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-print(json.dumps({"applied": applied, "faults_per_step": faults}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults_per_step": statistics.median(faults[4:])}))
 """
 
 PAGES = 4 * 64 * 2**20 // 4096  # pages of a step's four 64 MiB temporaries
