@@ -69,6 +69,8 @@ def test_eval_command_prints_accuracy(monkeypatch, capsys):
         ("model:\n  student: /nonexistent/base\n", "model folder /nonexistent/base does not exist"),
         ("task:\n  name: sudoku\n", "Unknown task 'sudoku'"),
         ("task:\n  name: jsonl\n", "task.path is required"),
+        ("model:\n  device: gpu\n", "model.device 'gpu' is not a device name"),
+        ("model:\n  teacher_device: gpu\n", "model.teacher_device 'gpu' is not a device name"),
     ],
 )
 def test_bad_config_exits_2_with_one_sentence(monkeypatch, capsys, tmp_path, text, message):

@@ -58,8 +58,6 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
 def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     """Load task, models and optimizer; `student_dir` overrides model.student (used by resume)."""
     task = load_task(cfg.task)
-    if "cpu" in (torch.device(cfg.model.device).type, torch.device(cfg.model.teacher_device).type):
-        reuse_freed_memory()  # large per-step CPU tensors are not faulted in again every step
     torch.manual_seed(cfg.train.seed)  # anything not driven by an explicit generator
     resumed_from = student_dir
     student_dir = student_dir or cfg.model.student
@@ -101,6 +99,10 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
         )
     if cfg.train.method == "rl" and cfg.loss.kl_coef > 0:
         reference = frozen(load_model(cfg.model.student, "student", "float32", cfg.model.device))
+    if any(
+        model.device.type == "cpu" for model in (student, teacher, reference) if model is not None
+    ):
+        reuse_freed_memory()  # large per-step CPU tensors are not faulted in again every step
     optimizer = torch.optim.AdamW(
         trainable_parameters(student),
         lr=cfg.optim.lr,
