@@ -40,8 +40,6 @@ for _ in range(12):
 print(json.dumps({"applied": applied, "faults_per_step": statistics.median(faults[4:])}))
 """
 
-PAGES = 4 * 64 * 2**20 // 4096  # pages of a step's four 64 MiB temporaries
-
 glibc_linux = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
@@ -57,20 +55,29 @@ def probe(mode: str, **env: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# Page faults are compared between processes, not with a page count: with transparent huge pages
+# (system-wide, or torch's THP_MEM_ALLOC_ENABLE) each fault maps 2 MiB instead of 4 KiB.
 @pytest.mark.skipif(not glibc_linux, reason="malloc's thresholds are glibc's; elsewhere a no-op")
 def test_large_temporaries_are_reused_instead_of_faulted_in_again():
     default = probe("default")
-    assert default["faults_per_step"] > 0.9 * PAGES  # every step maps and faults in fresh pages
     reused = probe("reuse")
     assert reused["applied"] is True
-    assert reused["faults_per_step"] < 0.1 * PAGES
+    assert default["faults_per_step"] > 0  # every step maps and faults in fresh pages
+    assert reused["faults_per_step"] < 0.1 * default["faults_per_step"]
 
 
 @pytest.mark.skipif(not glibc_linux, reason="malloc's thresholds are glibc's; elsewhere a no-op")
 def test_the_users_own_malloc_settings_win():
-    kept = probe("reuse", MALLOC_MMAP_THRESHOLD_="131072")
-    assert kept["applied"] is False
-    assert kept["faults_per_step"] > 0.9 * PAGES  # the user's threshold still maps them
+    default = probe("default")
+    for setting in (
+        {"MALLOC_MMAP_THRESHOLD_": "131072"},
+        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"},
+    ):
+        kept = probe("reuse", **setting)
+        assert kept["applied"] is False, setting
+        assert kept["faults_per_step"] > 0.5 * default["faults_per_step"], setting
+    # Another tunable is not a choice of thresholds: the setting still applies.
+    assert probe("reuse", GLIBC_TUNABLES="glibc.pthread.rseq=0")["applied"] is True
 
 
 def test_not_applied_off_glibc(monkeypatch):

@@ -10,10 +10,13 @@ heap, where the next step reuses them. SmolLM2 + LoRA in bfloat16, the step with
 alternating processes: 335-373k page faults per step before, 27-34k after; 4.33-4.43 CPU seconds
 before, 3.67-3.77 after; peak RSS 2.62-2.67 GiB before, 2.83-2.95 GiB after.
 
-The cost is that the process keeps up to `THRESHOLD` of freed memory instead of returning it. The
-settings are the C library's own tunables, applied only on Linux with glibc, and not at all when
-the user has set malloc's environment variables (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`,
-`GLIBC_TUNABLES`): those choose for the whole process, this module never overrides them.
+The cost is resident memory: freed blocks stay mapped, up to `THRESHOLD` of free space at the top
+of the heap, and holes below it until reused, in every process that trains (each rank of a run on
+CPUs). The settings are the C library's own tunables, applied only on Linux with glibc, and not at
+all when the user has set malloc's thresholds (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`,
+or the same tunables in `GLIBC_TUNABLES`): those choose for the whole process, this module never
+overrides them. Older glibc caps the mmap threshold at 32 MiB (half its heap size); there the cap
+is used, which still covers the tensors below it.
 """
 
 from __future__ import annotations
@@ -23,17 +26,27 @@ import os
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
-THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap; up to 1 GiB of free heap is kept
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap; up to 1 GiB of free top is kept
+OLD_GLIBC_CAP = 32 << 20  # older glibc refuses an mmap threshold above half its 64 MiB heap size
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+USER_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
+
+
+def user_chose() -> bool:
+    """Whether the environment already sets malloc's mmap or trim threshold."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(os.environ.get(name) for name in USER_SETTINGS) or any(
+        name in tunables for name in USER_TUNABLES
+    )
 
 
 def reuse_freed_memory() -> bool:
-    """Keep large freed blocks for reuse (see the module docstring); whether it was applied."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if any(os.environ.get(name) for name in USER_SETTINGS):
+    """Keep large freed blocks for reuse (see the module docstring); whether malloc's mmap
+    threshold was raised."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or user_chose():
         return False
     libc = ctypes.CDLL(None)  # the process's own C library
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(
-        libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD)
+    libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD)
+    return bool(
+        libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD) or libc.mallopt(M_MMAP_THRESHOLD, OLD_GLIBC_CAP)
     )
