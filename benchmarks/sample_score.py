@@ -8,16 +8,23 @@ For a config (default: the demo's) it draws one step's prompts, then alternates,
 and prints the medians (the first --warmup repetitions are not counted). Run it on another tree
 with PYTHONPATH=<tree>/src to compare two versions of the code on the same machine.
 
+--against <tree>/src compares the lean decoder of another tree inside this process instead: every
+repetition samples through both decoders in turn, the same prompts and random stream, and checks
+that they draw the same tokens. Differences of a few percent, which separate processes on a shared
+machine cannot resolve, show there ("sample <dtype> against" is the other tree's).
+
 Run: .venv/bin/python benchmarks/sample_score.py [--config configs/demo.yaml] [--set key=value ...]
-     [--decoder lean|library] [--reps 8] [--warmup 2] [--threads 1]
+     [--decoder lean|library] [--against <tree>/src] [--reps 8] [--warmup 2] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -37,11 +44,24 @@ def precision(name: str):
     return contextlib.nullcontext()
 
 
+def other_lean_decoder(source: Path):
+    """The `LeanDecoder` class of another tree's `foresight/opd/fast_decode.py`, loaded as a
+    separate module (it imports only torch, transformers and peft)."""
+    spec = importlib.util.spec_from_file_location(
+        "against_fast_decode", source / "foresight" / "opd" / "fast_decode.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module.LeanDecoder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--decoder", choices=["lean", "library"], default="lean")
+    parser.add_argument("--against", type=Path, help="another tree's src folder")
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -54,32 +74,43 @@ def main() -> None:
     if args.decoder == "library":
         rollout_module.supports = lambda model: False  # every model through its own forward
     prompts = [example.prompt for example in step_examples(trainer.task, cfg, 1)]
+    decoders = {"": rollout_module.LeanDecoder}
+    if args.against is not None:
+        decoders[" against"] = other_lean_decoder(args.against)
     times: dict[str, list[float]] = {}
+
+    def sample(seed: int) -> rollout_module.Rollout:
+        return rollout_module.sample(
+            trainer.student,
+            trainer.tokenizer,
+            prompts,
+            cfg.rollout.max_new_tokens,
+            cfg.rollout.temperature,
+            torch.Generator().manual_seed(seed),
+        )
+
     for rep in range(args.warmup + args.reps):
         for dtype in ("float32", "bfloat16"):
             with precision(dtype):
-                generator = torch.Generator().manual_seed(rep)
+                rollouts = []
+                for suffix, decoder in decoders.items():
+                    rollout_module.LeanDecoder = decoder
+                    started = time.process_time()
+                    rollouts.append(sample(rep))
+                    if rep >= args.warmup:
+                        elapsed = time.process_time() - started
+                        times.setdefault(f"sample {dtype}{suffix}", []).append(elapsed)
+                assert all(torch.equal(r.ids, rollouts[0].ids) for r in rollouts), "draws differ"
                 started = time.process_time()
-                rollout = rollout_module.sample(
-                    trainer.student,
-                    trainer.tokenizer,
-                    prompts,
-                    cfg.rollout.max_new_tokens,
-                    cfg.rollout.temperature,
-                    generator,
-                )
-                sampled = time.process_time()
                 with torch.no_grad():
-                    score_tokens(trainer.student, rollout, trainer.teacher, kind="reverse_kl")
-                scored = time.process_time()
-            if rep >= args.warmup:
-                times.setdefault(f"sample {dtype}", []).append(sampled - started)
-                times.setdefault(f"score {dtype}", []).append(scored - sampled)
+                    score_tokens(trainer.student, rollouts[0], trainer.teacher, kind="reverse_kl")
+                if rep >= args.warmup:
+                    times.setdefault(f"score {dtype}", []).append(time.process_time() - started)
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"config {args.config} {' '.join(args.overrides)}; decoder {args.decoder}")
     print(f"batch {len(prompts)}, completion cap {cfg.rollout.max_new_tokens}, {args.reps} reps")
     for name, seconds in medians.items():
-        print(f"{name:<16}{seconds * 1000:>10.1f} ms CPU")
+        print(f"{name:<24}{seconds * 1000:>10.1f} ms CPU")
     print(json.dumps({"decoder": args.decoder, "overrides": args.overrides, "ms": medians}))
 
 

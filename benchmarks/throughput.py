@@ -25,7 +25,10 @@ d = heads x head_dim:
   optimizer                 not matmul work; reported in seconds only
 
 Run: .venv/bin/python benchmarks/throughput.py [--config configs/demo.yaml] [--steps 8] [--warmup 2]
-     [--threads 1] [--set model.dtype=bfloat16 --set model.teacher_dtype=bfloat16]
+     [--threads 1] [--set model.dtype=bfloat16 --set model.teacher_dtype=bfloat16] [--profile]
+It also reports the median page faults per step and the peak RSS; --profile adds one step under
+torch.profiler, its self CPU time per phase split into matrix products, attention kernels and the
+rest (the profiler's own per-operation cost inflates the rest).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -129,7 +133,8 @@ class PhaseClocks:
     def clocked(self, phase: str, function):
         def timed(*args, **kwargs):
             wall, cpu = time.perf_counter(), time.process_time()
-            result = function(*args, **kwargs)
+            with torch.profiler.record_function(phase):  # named for --profile's attribution
+                result = function(*args, **kwargs)
             self.wall[phase] = self.wall.get(phase, 0.0) + time.perf_counter() - wall
             self.cpu[phase] = self.cpu.get(phase, 0.0) + time.process_time() - cpu
             if phase == "generation":
@@ -140,11 +145,13 @@ class PhaseClocks:
         return timed
 
     def step(self, trainer, step: int) -> dict:
-        """One `train_step`: seconds per phase (wall and CPU), tokens, row lengths."""
+        """One `train_step`: seconds per phase (wall and CPU), tokens, row lengths, page faults."""
         self.wall, self.cpu = {}, {}
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         wall, cpu = time.perf_counter(), time.process_time()
         stats = train_step(trainer, step)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         self.wall["overhead"] = wall - sum(self.wall.values())
         self.cpu["overhead"] = cpu - sum(self.cpu.values())
         return {
@@ -155,16 +162,43 @@ class PhaseClocks:
             "tokens": stats["tokens/completion"],
             "row_lengths": self.row_lengths,
             "completion_lengths": self.completion_lengths,
+            "page_faults": faults,
         }
 
 
-def measure(config: Path, steps: int, warmup: int, overrides: list[str]) -> dict:
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def op_profile(clocks: PhaseClocks, trainer, step: int) -> dict[str, dict[str, float]]:
+    """One more step under torch.profiler: self CPU seconds per phase of matrix products,
+    attention kernels and everything else (each operation counted in the phase that called it)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        clocks.step(trainer, step)
+    split = {phase: {"matmul": 0.0, "attention": 0.0, "other": 0.0} for phase in PHASES}
+    for event in profiler.events():
+        if event.name in PHASES:
+            continue
+        phase, parent = "overhead", event.cpu_parent
+        while parent is not None and parent.name not in PHASES:
+            parent = parent.cpu_parent
+        if parent is not None:
+            phase = parent.name
+        kind = "matmul" if event.name in MATMULS else "other"
+        kind = "attention" if "scaled_dot_product" in event.name else kind
+        split[phase][kind] += event.self_cpu_time_total / 1e6
+    return split
+
+
+def measure(
+    config: Path, steps: int, warmup: int, overrides: list[str], profile: bool = False
+) -> dict:
     cfg = load_config(config, overrides)
     trainer = setup(cfg)
     for step in range(1, warmup + 1):
         train_step(trainer, step)
     clocks = PhaseClocks(trainer.optimizer)
     records = [clocks.step(trainer, step) for step in range(warmup + 1, warmup + steps + 1)]
+    split = op_profile(clocks, trainer, warmup + steps + 1) if profile else None
 
     def median(key: str) -> dict[str, float]:
         return {name: statistics.median(r[key].get(name, 0.0) for r in records) for name in PHASES}
@@ -191,6 +225,9 @@ def measure(config: Path, steps: int, warmup: int, overrides: list[str]) -> dict
         "completion_tokens_per_cpu_s": statistics.median(r["tokens"] / r["cpu"] for r in records),
         "phase_s": median("wall_phases"),
         "phase_cpu_s": median("cpu_phases"),
+        "page_faults_per_step": statistics.median(r["page_faults"] for r in records),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "op_profile_s": split,
         "phase_flops": {
             "generation": statistics.median(f for f, _ in student),
             "teacher scoring": statistics.median(f for f, _ in teacher),
@@ -221,6 +258,10 @@ def print_report(result: dict) -> None:
         f"{rates['bfloat16'] / 1e9:.1f} bfloat16"
     )
     print(
+        f"page faults per step {result['page_faults_per_step']:,.0f}; "
+        f"peak RSS {result['peak_rss_mib']:,.0f} MiB"
+    )
+    print(
         f"{'phase':<18}{'wall s':>8}{'CPU s':>8}{'CPU share':>10}{'GFLOP':>8}"
         f"{'GFLOP/CPU s':>12}{'of fp32 mm':>11}{'of bf16 mm':>11}"
     )
@@ -235,6 +276,13 @@ def print_report(result: dict) -> None:
                 f"{achieved / rates['float32']:>11.1%}{achieved / rates['bfloat16']:>11.1%}"
             )
         print(line)
+    if result["op_profile_s"]:
+        print("one profiled step, self CPU s by operation (profiler overhead included):")
+        print(f"{'phase':<18}{'matmul':>8}{'attention':>10}{'other':>8}")
+        for name, kinds in result["op_profile_s"].items():
+            print(
+                f"{name:<18}{kinds['matmul']:>8.3f}{kinds['attention']:>10.3f}{kinds['other']:>8.3f}"
+            )
 
 
 def main() -> None:
@@ -244,11 +292,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--profile", action="store_true", help="one more step under torch.profiler, split by op"
+    )
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
     rates = {"float32": mm_rate(torch.float32), "bfloat16": mm_rate(torch.bfloat16)}
-    result = measure(args.config, args.steps, args.warmup, args.overrides)
+    result = measure(args.config, args.steps, args.warmup, args.overrides, args.profile)
     result |= {
         "mm_flops_per_cpu_s": rates,
         "device": "cpu",

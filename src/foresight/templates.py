@@ -137,8 +137,7 @@ def set_stop_ids(tokenizer: PreTrainedTokenizerBase, extra: int | list[int] | No
     """Record the ids that end a completion: the tokenizer's EOS, plus the model's
     generation_config `eos_token_id` (chat models often list a second end token)."""
     extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
-    ids = [tokenizer.eos_token_id] + [i for i in extra if i != tokenizer.eos_token_id]
-    setattr(tokenizer, STOP_ATTRIBUTE, list(dict.fromkeys(ids)))
+    setattr(tokenizer, STOP_ATTRIBUTE, list(dict.fromkeys([tokenizer.eos_token_id, *extra])))
 
 
 def stop_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

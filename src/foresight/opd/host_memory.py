@@ -4,11 +4,10 @@ A step on a CPU allocates and frees the same large tensors every time: at SmolLM
 vocabulary, each float32 temporary of the full-vocabulary loss over 8 rows x 32 positions is 48 MiB.
 glibc's malloc serves a block above its mmap threshold (adapted at run time, at most 32 MiB) with a
 fresh `mmap` and unmaps it on `free`, so each such tensor is faulted in again, page by page, at
-every step (12,288 page faults for 48 MiB; a subtraction that takes 6 ms on reused memory took
-29 ms on fresh, one thread). Raising malloc's mmap and trim thresholds keeps freed blocks in the
-heap, where the next step reuses them. SmolLM2 + LoRA in bfloat16, the step without sampling, in
-alternating processes: 335-373k page faults per step before, 27-34k after; 4.33-4.43 CPU seconds
-before, 3.67-3.77 after; peak RSS 2.62-2.67 GiB before, 2.83-2.95 GiB after.
+every step. Raising malloc's mmap and trim thresholds keeps freed blocks in the heap, where the
+next step reuses them. SmolLM2 + LoRA in bfloat16 (`benchmarks/throughput.py`, two alternating
+pairs): 403k and 335k page faults per step before, 3 and 15k after; the step 7.28 and 6.84 CPU
+seconds before, 6.28 and 6.56 after; peak RSS 2.56 and 2.66 GiB before, 3.09 and 2.82 GiB after.
 
 The cost is resident memory: freed blocks stay mapped, up to `THRESHOLD` of free space at the top
 of the heap, and holes below it until reused, in every process that trains (each rank of a run on
