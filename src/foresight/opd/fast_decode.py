@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from foresight.opd.fused import COLUMN_BLOCK, decode_step
+
 SUPPORTED = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
 
 
@@ -152,7 +154,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class LeanDecoder:
     """Incremental forward passes of one batch; the cache holds `capacity` columns per row."""
 
-    def __init__(self, model: PreTrainedModel, batch: int, capacity: int) -> None:
+    def __init__(
+        self, model: PreTrainedModel, batch: int, capacity: int, compiled: bool = True
+    ) -> None:
         model = unwrapped(model)
         config = model.config
         device = model.device
@@ -176,10 +180,45 @@ class LeanDecoder:
         self.head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
-        shape = (batch, self.kv_heads, capacity, self.head_dim)  # (B, kv heads, P + G, head dim)
-        self.keys = [torch.zeros(shape, dtype=model.dtype, device=device) for _ in self.layers]
-        self.values = [torch.zeros(shape, dtype=model.dtype, device=device) for _ in self.layers]
+        # One-token steps through the compiled step (decode_step.cpp) where it applies and unless
+        # `compiled` is off: a float32 model on a CPU, computing in float32 or bfloat16.
+        self.compiled_step = (
+            decode_step()
+            if compiled
+            and device.type == "cpu"
+            and model.dtype == torch.float32
+            and dtype in (torch.float32, torch.bfloat16)
+            else None
+        )
+        if self.compiled_step is not None:  # its score loop reads whole blocks of columns
+            capacity = -(-capacity // COLUMN_BLOCK) * COLUMN_BLOCK
+        # Keys are stored transposed, (B, kv heads, head dim, P + G): one token's scores are then a
+        # product against a contiguous (head dim, columns) matrix, and the compiled step's loops run
+        # along the columns. Values are (B, kv heads, P + G, head dim).
+        key_shape = (batch, self.kv_heads, self.head_dim, capacity)
+        value_shape = (batch, self.kv_heads, capacity, self.head_dim)
+        self.keys = [torch.zeros(key_shape, dtype=model.dtype, device=device) for _ in self.layers]
+        self.values = [
+            torch.zeros(value_shape, dtype=model.dtype, device=device) for _ in self.layers
+        ]
         self.length = 0  # columns filled
+        if self.compiled_step is not None:
+            self.cache_rows = torch.arange(batch, device=device)  # (b,) each row's cache row
+            self.flat_weights = [
+                tensor if tensor is not None else torch.empty(0)
+                for layer in self.layers
+                for tensor in (
+                    layer.input_norm.weight.detach(),
+                    layer.qkv_weight,
+                    layer.qkv_bias,
+                    layer.qk_norm_weight,
+                    layer.o_weight,
+                    layer.o_bias,
+                    layer.post_norm.weight.detach(),
+                    layer.gate_up_weight,
+                    layer.down_weight,
+                )
+            ]
 
     def _linear(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -188,7 +227,11 @@ class LeanDecoder:
         return F.linear(x.to(self.compute_dtype), weight, bias)
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` of the cache (rows that stopped leave it)."""
+        """Keep only `rows` of the batch (rows that stopped leave it). The compiled step reads the
+        cache through a row map instead of copying it."""
+        if self.compiled_step is not None:
+            self.cache_rows = self.cache_rows[rows]
+            return
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
 
@@ -203,6 +246,8 @@ class LeanDecoder:
     def _next_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         start, new = self.length, input_ids.shape[1]
         end = start + new
+        if new == 1 and self.compiled_step is not None:
+            return self._compiled_next_logits(input_ids, attention_mask, position_ids)
         mask = self._mask(attention_mask, start, end)
         hidden = self.model.model.embed_tokens(input_ids)  # (b, t, H)
         cos, sin = self.model.model.rotary_emb(hidden, position_ids)  # (b, t, head dim)
@@ -215,11 +260,37 @@ class LeanDecoder:
         last = self.model.model.norm(hidden[:, -1])  # (b, H)
         return self._linear(last, self.head_weight, self.head_bias)  # (b, V)
 
+    def _compiled_next_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        decoder = self.model.model
+        hidden = decoder.embed_tokens(input_ids)[:, 0].contiguous()  # (b, H)
+        cos, sin = decoder.rotary_emb(hidden, position_ids)  # (b, 1, head dim)
+        first = self.layers[0]
+        logits = self.compiled_step(
+            hidden,
+            cos[:, 0].contiguous(),
+            sin[:, 0].contiguous(),
+            attention_mask.long().contiguous(),
+            self.length,
+            self.cache_rows,
+            self.flat_weights,
+            self.keys,
+            self.values,
+            decoder.norm.weight.detach(),
+            self.head_weight,
+            self.head_bias,
+            self.heads,
+            self.kv_heads,
+            first.input_norm.variance_epsilon,
+            first.qk_norm_eps,
+        )
+        self.length += 1
+        return logits
+
     def _mask(self, attention_mask: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """Which cache columns each new token attends to, shared by every layer: a boolean
         (b, t, C) for the prompt's SDPA call; an additive float (b·kv heads, 1, C), 0 or -inf,
         for one token, whose scores take it in the same call that scales them."""
-        capacity = self.keys[0].shape[2]
+        capacity = self.keys[0].shape[3]
         columns = torch.arange(capacity, device=attention_mask.device)  # (C,)
         query_columns = columns[start:end, None]  # (t, 1)
         real = F.pad(attention_mask.bool(), (0, capacity - end))  # (b, C): unwritten columns off
@@ -248,7 +319,7 @@ class LeanDecoder:
         query, key = query_key.split([self.heads, self.kv_heads], dim=1)
         value = qkv[..., q_size + kv_size :].view(batch, new, self.kv_heads, self.head_dim)
         value = value.transpose(1, 2)  # (b, kv heads, t, head dim)
-        self.keys[index][:, :, start:end] = key
+        self.keys[index][:, :, :, start:end] = key.transpose(2, 3)
         self.values[index][:, :, start:end] = value
         # Attend over the whole (contiguous) buffer: columns not yet written are masked out, and
         # reading them costs less than a strided slice of the cache at every token (measured).
@@ -256,7 +327,7 @@ class LeanDecoder:
         if new > 1:  # the prompt: one call, the fused kernel
             attended = F.scaled_dot_product_attention(
                 query,
-                keys,
+                keys.transpose(2, 3),
                 values,
                 attn_mask=mask[:, None],
                 enable_gqa=self.kv_heads != self.heads,
@@ -264,9 +335,10 @@ class LeanDecoder:
         else:  # one token: two small batched matmuls beat the blocked kernel's set-up per call
             # Query head h reads kv head h // groups: the heads of one kv head form one matrix.
             flat = (batch * self.kv_heads, -1, self.head_dim)  # (b·kv heads, ·, head dim)
-            grouped, keys, values = query.reshape(flat), keys.view(flat), values.view(flat)
+            grouped, values = query.reshape(flat), values.view(flat)
+            keys = keys.view(batch * self.kv_heads, self.head_dim, -1)  # (b·kv heads, d, C)
             scores = torch.baddbmm(
-                mask, grouped, keys.transpose(1, 2), alpha=self.head_dim**-0.5
+                mask, grouped, keys, alpha=self.head_dim**-0.5
             )  # (b·kv heads, groups, C): the scaled scores plus the additive mask, in one call
             attended = torch.bmm(torch.softmax(scores, dim=-1), values).view(query.shape)
         attended = attended.transpose(1, 2).reshape(batch, new, q_size)
