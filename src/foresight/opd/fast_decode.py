@@ -10,6 +10,12 @@ modules, so their numerics are the model's. `supports(model)` names the decoders
 (Qwen2, Qwen3, Llama such as SmolLM2, also with plain LoRA adapters, whose B·A is added to the
 fused weights once per rollout); anything else samples through the library's forward instead.
 tests/opd/test_sampling_exact.py checks both paths against a brute-force reference.
+
+On a CPU, the one-token passes of a float32 model (computing in float32 or bfloat16) go through a
+compiled step instead (decode_step.cpp via fused.py): the same arithmetic, all layers in one call,
+with the operations between the matrix products as loops over the rows instead of ~50 PyTorch calls
+per layer. tests/opd/test_decode_step.py checks it against this module's Python step and a float64
+forward.
 """
 
 from __future__ import annotations
@@ -204,6 +210,12 @@ class LeanDecoder:
         self.length = 0  # columns filled
         if self.compiled_step is not None:
             self.cache_rows = torch.arange(batch, device=device)  # (b,) each row's cache row
+            # The model's rotary cos and sin at every position the cache can hold, computed by its
+            # own module once (each position's values do not depend on the others).
+            positions = torch.arange(capacity, device=device)[None]  # (1, C)
+            probe = torch.zeros(1, dtype=model.dtype, device=device)
+            cos, sin = model.model.rotary_emb(probe, positions)  # (1, C, head dim)
+            self.cos_table, self.sin_table = cos[0].contiguous(), sin[0].contiguous()
             self.flat_weights = [
                 tensor if tensor is not None else torch.empty(0)
                 for layer in self.layers
@@ -246,8 +258,11 @@ class LeanDecoder:
     def _next_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         start, new = self.length, input_ids.shape[1]
         end = start + new
-        if new == 1 and self.compiled_step is not None:
-            return self._compiled_next_logits(input_ids, attention_mask, position_ids)
+        if self.compiled_step is not None:
+            if new == 1:
+                return self._compiled_next_logits(input_ids, attention_mask, position_ids)
+            if start > 0:  # the Python step reads the cache row by row, without the row map
+                raise RuntimeError("LeanDecoder: only the first pass may hold several tokens")
         mask = self._mask(attention_mask, start, end)
         hidden = self.model.model.embed_tokens(input_ids)  # (b, t, H)
         cos, sin = self.model.model.rotary_emb(hidden, position_ids)  # (b, t, head dim)
@@ -262,13 +277,13 @@ class LeanDecoder:
 
     def _compiled_next_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         decoder = self.model.model
-        hidden = decoder.embed_tokens(input_ids)[:, 0].contiguous()  # (b, H)
-        cos, sin = decoder.rotary_emb(hidden, position_ids)  # (b, 1, head dim)
+        hidden = F.embedding(input_ids[:, 0], decoder.embed_tokens.weight)  # (b, H)
+        position = position_ids[:, 0]  # (b,)
         first = self.layers[0]
         logits = self.compiled_step(
             hidden,
-            cos[:, 0].contiguous(),
-            sin[:, 0].contiguous(),
+            self.cos_table[position],  # (b, head dim)
+            self.sin_table[position],
             attention_mask.long().contiguous(),
             self.length,
             self.cache_rows,
