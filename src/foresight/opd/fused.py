@@ -22,15 +22,26 @@ SOURCE = Path(__file__).with_name("decode_step.cpp")
 COLUMN_BLOCK = 32  # decode_step.cpp's kColumnBlock: the key cache's capacity is a multiple of it
 # -ffp-contract=off: no fused multiply-adds, so products and sums round as PyTorch's separate
 # operations do.
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off"]
+FLAGS = ["-O3", "-fopenmp-simd", "-ffp-contract=off"]
+# The instruction sets of each of torch's own CPU kernel builds, so that at::vec (the attention's
+# exp) has the width torch dispatches to on this machine, and a build cached on a shared disk runs
+# on every machine of the same capability (unlike -march=native).
+CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
 
 
-def capability_flags() -> list[str]:
-    """ATen's vector width for at::vec (exp in the attention), as torch itself dispatches here."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability in ("AVX512", "AVX2"):
-        return [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
-    return []
+def capability() -> str:
+    """torch's CPU kernel level here: AVX512, AVX2, or DEFAULT (anything else builds plain)."""
+    level = torch.backends.cpu.get_cpu_capability()
+    return level if level in CAPABILITY_FLAGS else "DEFAULT"
+
+
+def capability_flags(level: str) -> list[str]:
+    if level == "DEFAULT":
+        return []
+    return CAPABILITY_FLAGS[level] + [f"-DCPU_CAPABILITY={level}", f"-DCPU_CAPABILITY_{level}"]
 
 
 def _ninja_on_path() -> None:
@@ -51,10 +62,11 @@ def decode_step():
 
     try:
         _ninja_on_path()
+        level = capability()
         cpp_extension.load(
-            name="foresight_decode",
+            name=f"foresight_decode_{level.lower()}",
             sources=[str(SOURCE)],
-            extra_cflags=FLAGS + capability_flags(),
+            extra_cflags=FLAGS + capability_flags(level),
             is_python_module=False,
             verbose=False,
         )
