@@ -92,7 +92,7 @@ def _steps(model, ids, mask, compiled: bool) -> list[torch.Tensor]:
 def _reference(model, ids, mask) -> list[torch.Tensor]:
     """The same sequence of logits by the float64 model's own forward over whole prefixes."""
     model = model.double()
-    attention, rows = mask, torch.arange(len(ids))
+    attention = mask
     out, seq = [], ids
     with torch.no_grad():
         logits = model(input_ids=seq, attention_mask=attention, position_ids=positions(attention))
@@ -101,10 +101,12 @@ def _reference(model, ids, mask) -> list[torch.Tensor]:
         for step in range(STEPS):
             if step in DROPPED:
                 keep = torch.tensor(DROPPED[step])
-                seq, attention, token, rows = seq[keep], attention[keep], token[keep], rows[keep]
+                seq, attention, token = seq[keep], attention[keep], token[keep]
             seq = torch.cat([seq, token], dim=1)
             attention = torch.cat([attention, attention.new_ones(len(seq), 1)], dim=1)
-            logits = model(input_ids=seq, attention_mask=attention, position_ids=positions(attention))
+            logits = model(
+                input_ids=seq, attention_mask=attention, position_ids=positions(attention)
+            )
             out.append(logits.logits[:, -1])
             token = out[-1].argmax(-1, keepdim=True) % 7 + 3
     model.float()

@@ -1,9 +1,9 @@
-"""The compiled one-token decode step (decode_step.cpp), built at first use and cached per machine.
+"""The compiled one-token decode step (decode_step.cpp), built at first use, cached per machine.
 
-`decode_step()` returns the op, or None where it cannot be built (no C++ compiler) or is switched off
-(FORESIGHT_FUSED_DECODE=0 in the environment); the lean decoder then runs its Python step, which
-computes the same function (tests/opd/test_decode_step.py compares the two). The build takes ~15-30 s
-on a 2-core machine, once: torch.utils.cpp_extension keeps it in ~/.cache/torch_extensions (or
+`decode_step()` returns the op, or None where it cannot be built (no C++ compiler) or is switched
+off (FORESIGHT_FUSED_DECODE=0 in the environment); the lean decoder then runs its Python step, which
+computes the same function (tests/opd/test_decode_step.py compares the two). The build takes ~15-30
+s on a 2-core machine, once: torch.utils.cpp_extension keeps it in ~/.cache/torch_extensions (or
 $TORCH_EXTENSIONS_DIR) and rebuilds only when the source or the flags change.
 """
 
@@ -55,7 +55,7 @@ def _ninja_on_path() -> None:
 
 @functools.cache
 def decode_step():
-    """torch.ops.foresight_decode.decode_step, or None when it is switched off or cannot be built."""
+    """torch.ops.foresight_decode.decode_step, or None when switched off or impossible to build."""
     if os.environ.get("FORESIGHT_FUSED_DECODE", "1") == "0":
         return None
     from torch.utils import cpp_extension
