@@ -7,7 +7,9 @@
 // the products themselves when each is a separate PyTorch call. The arithmetic and its rounding
 // points are the Python lean decoder's (fast_decode.py), operation for operation: float32 norms,
 // rotary and attention, inputs of each product rounded to the compute dtype (float32, or bfloat16
-// under autocast), each product's result in it; only the order of additions inside a sum differs.
+// under autocast), each product's result in it. What differs is the order of additions inside sums
+// and the softmax's exp and division (at::vec's exp, one division per head): float32 results agree
+// to ~1e-6 relative, bfloat16 ones to one rounding (tests/opd/test_decode_step.py).
 //
 // Built at first use by foresight.opd.fused (torch.utils.cpp_extension), cached per machine.
 
@@ -24,7 +26,7 @@
 
 namespace {
 
-constexpr int64_t kPerLayer = 9;  // weights per layer, in the order of fast_decode.fused_weights
+constexpr int64_t kPerLayer = 9;  // weights per layer, in the order of LeanDecoder.flat_weights
 
 // out[t] = C(w[t] * (x[t] * rstd)), rstd = 1 / sqrt(mean(x^2) + eps): the model's RMSNorm in float32,
 // its result rounded to the compute dtype C for the next product.
@@ -214,42 +216,51 @@ std::optional<at::Tensor> maybe(const at::Tensor& t) {
   return t.numel() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
+// The op's arguments (see decode_step below), as the templated step reads them.
+struct Inputs {
+  at::Tensor hidden;
+  const at::Tensor &cos, &sin, &mask;
+  int64_t start;
+  const at::Tensor& cache_rows;
+  at::TensorList weights, keys, values;
+  const at::Tensor &final_norm, &head_weight;
+  const std::optional<at::Tensor>& head_bias;
+  int64_t heads, kv_heads;
+  double eps, qk_eps;
+};
+
 template <typename C>
-at::Tensor step(at::Tensor hidden, const at::Tensor& cos, const at::Tensor& sin,
-                const at::Tensor& mask, int64_t start, const at::Tensor& cache_rows,
-                at::TensorList weights, at::TensorList keys, at::TensorList values,
-                const at::Tensor& final_norm,
-                const at::Tensor& head_weight, const std::optional<at::Tensor>& head_bias,
-                int64_t heads, int64_t kv_heads, double eps, double qk_eps) {
-  const int64_t rows = hidden.size(0), layers = static_cast<int64_t>(keys.size());
-  const Shape s{heads,           kv_heads, keys[0].size(2), keys[0].size(3),
-                start,           cache_rows.data_ptr<int64_t>()};
+at::Tensor step(const Inputs& in) {
+  at::Tensor hidden = in.hidden;
+  const float eps = static_cast<float>(in.eps), qk_eps = static_cast<float>(in.qk_eps);
+  const int64_t rows = hidden.size(0), layers = static_cast<int64_t>(in.keys.size());
+  const Shape s{in.heads, in.kv_heads, in.keys[0].size(2), in.keys[0].size(3), in.start,
+                in.cache_rows.data_ptr<int64_t>()};
   const auto f32 = hidden.options().dtype(at::kFloat);
-  auto query = at::empty({rows, heads, s.head_dim}, f32);
-  auto attended = at::empty({rows, heads * s.head_dim}, f32);
-  const auto compute = head_weight.scalar_type();
+  auto query = at::empty({rows, s.heads, s.head_dim}, f32);
+  auto attended = at::empty({rows, s.heads * s.head_dim}, f32);
+  const auto compute = in.head_weight.scalar_type();
   for (int64_t l = 0; l < layers; ++l) {
-    const at::Tensor* w = weights.data() + l * kPerLayer;
+    const at::Tensor* w = in.weights.data() + l * kPerLayer;
     // w: input norm, qkv weight, qkv bias, qk norm, o weight, o bias, post norm, gate_up, down
-    auto x = normed<C>(hidden, w[0], static_cast<float>(eps));
+    auto x = normed<C>(hidden, w[0], eps);
     auto qkv = at::linear(x, w[1], maybe(w[2]));
-    auto layer_keys = keys[l], layer_values = values[l];
-    rotate_and_cache<C>(qkv, w[3], static_cast<float>(qk_eps), cos, sin, s, query, layer_keys,
-                        layer_values);
-    attend(query, layer_keys, layer_values, mask, s, attended);
+    auto keys = in.keys[l], values = in.values[l];
+    rotate_and_cache<C>(qkv, w[3], qk_eps, in.cos, in.sin, s, query, keys, values);
+    attend(query, keys, values, in.mask, s, attended);
     add_into<C>(hidden, at::linear(attended.to(compute), w[4], maybe(w[5])));
-    x = normed<C>(hidden, w[6], static_cast<float>(eps));
+    x = normed<C>(hidden, w[6], eps);
     add_into<C>(hidden, at::linear(silu_times_up(at::linear(x, w[7])), w[8]));
   }
-  return at::linear(normed<C>(hidden, final_norm, static_cast<float>(eps)), head_weight,
-                    head_bias);
+  return at::linear(normed<C>(hidden, in.final_norm, eps), in.head_weight, in.head_bias);
 }
 
 // hidden (b, H) float32, the new tokens' embeddings (updated in place); cos, sin (b, d) float32;
 // mask (b, start + 1) int64: 1 on real cache columns; cache_rows (b,) int64: each row's row of the
 // KV cache (rows that stopped stay in the cache, unread); weights: 9 per layer, products' weights in
 // the compute dtype, norms' weights float32, absent ones as empty tensors; keys, values: per layer
-// keys (b, kv heads, d, capacity), values (b, kv heads, capacity, d), float32. Returns the logits (b, V) in the compute dtype.
+// keys (b, kv heads, d, capacity), values (b, kv heads, capacity, d), float32. Returns the logits
+// (b, V) in the compute dtype.
 at::Tensor decode_step(at::Tensor hidden, const at::Tensor& cos, const at::Tensor& sin,
                        const at::Tensor& mask, int64_t start, const at::Tensor& cache_rows,
                        at::TensorList weights, at::TensorList keys, at::TensorList values,
@@ -266,13 +277,13 @@ at::Tensor decode_step(at::Tensor hidden, const at::Tensor& cos, const at::Tenso
   TORCH_CHECK(cache_rows.scalar_type() == at::kLong && cache_rows.is_contiguous() &&
                   cache_rows.numel() == hidden.size(0),
               "decode_step: cache_rows must be a contiguous (b,) int64 tensor");
-  if (head_weight.scalar_type() == at::kBFloat16)
-    return step<c10::BFloat16>(hidden, cos, sin, mask, start, cache_rows, weights, keys, values,
-                               final_norm, head_weight, head_bias, heads, kv_heads, eps, qk_eps);
+  const Inputs in{hidden,  cos,         sin,       mask,   start,  cache_rows,
+                  weights, keys,        values,    final_norm,     head_weight,
+                  head_bias, heads,     kv_heads,  eps,    qk_eps};
+  if (head_weight.scalar_type() == at::kBFloat16) return step<c10::BFloat16>(in);
   TORCH_CHECK(head_weight.scalar_type() == at::kFloat,
               "decode_step: the compute dtype must be float32 or bfloat16");
-  return step<float>(hidden, cos, sin, mask, start, cache_rows, weights, keys, values, final_norm,
-                     head_weight, head_bias, heads, kv_heads, eps, qk_eps);
+  return step<float>(in);
 }
 
 }  // namespace
