@@ -13,9 +13,10 @@ with PYTHONPATH=<tree>/src to compare two versions of the code on the same machi
 repetition samples through both decoders in turn, the same prompts and random stream. Differences
 of a few percent, which separate processes on a shared machine cannot resolve, show there ("sample
 <dtype> against" is the other tree's). --versus-python does the same with this tree's Python step
-("sample <dtype> python"). It prints how many repetitions drew the same tokens on both: all of
-them where the two compute with the same rounding; under bfloat16 the compiled step's sums, ordered
-differently, can flip a bfloat16 rounding and with it a draw.
+("sample <dtype> python"). It prints how many repetitions drew the same tokens on both. The
+compiled step orders its sums differently: its float32 logits differ from the Python step's by
+~1e-6 (a draw flips only where the uniform number falls that close to a boundary), its bfloat16
+ones by up to one bfloat16 rounding, which flips draws more often.
 
 Run: .venv/bin/python benchmarks/sample_score.py [--config configs/demo.yaml] [--set key=value ...]
      [--decoder lean|python|library] [--against <tree>/src] [--versus-python] [--reps 8]

@@ -135,7 +135,7 @@ void attend(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& v
   const int64_t rows = query.size(0), d = s.head_dim, groups = s.heads / s.kv_heads;
   const int64_t columns = s.start + 1, mask_width = mask.size(1);
   TORCH_CHECK(s.capacity % kColumnBlock == 0, "decode_step: key capacity must be padded");
-  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  const float scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // d ** -0.5
   const float minus_inf = -std::numeric_limits<float>::infinity();
   const float* q = query.data_ptr<float>();
   const float* k = keys.data_ptr<float>();
@@ -152,7 +152,7 @@ void attend(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& v
       const float* row_keys = k + (cache_row * s.kv_heads + j) * d * s.capacity;  // (d, capacity)
       const float* row_values = v + (cache_row * s.kv_heads + j) * s.capacity * d;  // (capacity, d)
       const int64_t* real = m + i * mask_width;
-      // Two blocks of columns at a time, even and odd t in separate accumulators.
+      // Two vectors of columns at a time, even and odd t in separate accumulators.
       for (int64_t c0 = 0; c0 < columns; c0 += 2 * W) {
         Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
         int64_t t = 0;
@@ -245,6 +245,8 @@ at::Tensor step(const Inputs& in) {
     // w: input norm, qkv weight, qkv bias, qk norm, o weight, o bias, post norm, gate_up, down
     auto x = normed<C>(hidden, w[0], eps);
     auto qkv = at::linear(x, w[1], maybe(w[2]));
+    TORCH_CHECK(qkv.size(1) == (s.heads + 2 * s.kv_heads) * s.head_dim,
+                "decode_step: the QKV weight does not match heads, kv heads and head dim");
     auto keys = in.keys[l], values = in.values[l];
     rotate_and_cache<C>(qkv, w[3], qk_eps, in.cos, in.sin, s, query, keys, values);
     attend(query, keys, values, in.mask, s, attended);
@@ -267,16 +269,42 @@ at::Tensor decode_step(at::Tensor hidden, const at::Tensor& cos, const at::Tenso
                        const at::Tensor& final_norm,
                        const at::Tensor& head_weight, const std::optional<at::Tensor>& head_bias,
                        int64_t heads, int64_t kv_heads, double eps, double qk_eps) {
+  const int64_t rows = hidden.size(0);
   TORCH_CHECK(hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat &&
                   hidden.is_contiguous() && hidden.dim() == 2,
               "decode_step: hidden must be a contiguous (b, H) float32 CPU tensor");
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == kPerLayer * static_cast<int64_t>(keys.size()),
-              "decode_step: expected ", kPerLayer, " weights per layer");
-  TORCH_CHECK(mask.scalar_type() == at::kLong && mask.size(1) == start + 1 && mask.is_contiguous(),
+  TORCH_CHECK(!keys.empty() && keys.size() == values.size() &&
+                  static_cast<int64_t>(weights.size()) ==
+                      kPerLayer * static_cast<int64_t>(keys.size()),
+              "decode_step: expected keys and values per layer and ", kPerLayer,
+              " weights per layer");
+  const int64_t cache_batch = keys[0].size(0), d = keys[0].size(2), capacity = keys[0].size(3);
+  for (size_t l = 0; l < keys.size(); ++l) {
+    TORCH_CHECK(keys[l].scalar_type() == at::kFloat && keys[l].is_contiguous() &&
+                    keys[l].sizes() == at::IntArrayRef({cache_batch, kv_heads, d, capacity}),
+                "decode_step: keys must be contiguous float32 (B, kv heads, d, capacity)");
+    TORCH_CHECK(values[l].scalar_type() == at::kFloat && values[l].is_contiguous() &&
+                    values[l].sizes() == at::IntArrayRef({cache_batch, kv_heads, capacity, d}),
+                "decode_step: values must be contiguous float32 (B, kv heads, capacity, d)");
+  }
+  TORCH_CHECK(start >= 0 && start < capacity, "decode_step: the cache is full (start ", start,
+              ", capacity ", capacity, ")");
+  TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && d % 2 == 0,
+              "decode_step: heads must be a multiple of kv heads, and head dim even");
+  TORCH_CHECK(mask.scalar_type() == at::kLong && mask.is_contiguous() &&
+                  mask.sizes() == at::IntArrayRef({rows, start + 1}),
               "decode_step: mask must be a contiguous (b, start + 1) int64 tensor");
+  for (const at::Tensor* t : {&cos, &sin})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                    t->sizes() == at::IntArrayRef({rows, d}),
+                "decode_step: cos and sin must be contiguous (b, head dim) float32");
   TORCH_CHECK(cache_rows.scalar_type() == at::kLong && cache_rows.is_contiguous() &&
-                  cache_rows.numel() == hidden.size(0),
+                  cache_rows.numel() == rows,
               "decode_step: cache_rows must be a contiguous (b,) int64 tensor");
+  const int64_t* cache_row = cache_rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows; ++i)
+    TORCH_CHECK(cache_row[i] >= 0 && cache_row[i] < cache_batch,
+                "decode_step: cache_rows out of range");
   const Inputs in{hidden,  cos,         sin,       mask,   start,  cache_rows,
                   weights, keys,        values,    final_norm,     head_weight,
                   head_bias, heads,     kv_heads,  eps,    qk_eps};
@@ -288,10 +316,12 @@ at::Tensor decode_step(at::Tensor hidden, const at::Tensor& cos, const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY(foresight_decode, m) {
+// The namespace carries a hash of this source (fused.py), so two versions can load in one process.
+TORCH_LIBRARY(FORESIGHT_DECODE_NAMESPACE, m) {
   m.def(
-      "decode_step(Tensor hidden, Tensor cos, Tensor sin, Tensor mask, int start, Tensor cache_rows, "
-      "Tensor[] weights, Tensor[] keys, Tensor[] values, Tensor final_norm, "
+      "decode_step(Tensor(a!) hidden, Tensor cos, Tensor sin, Tensor mask, int start, "
+      "Tensor cache_rows, Tensor[] weights, Tensor(b!)[] keys, Tensor(c!)[] values, "
+      "Tensor final_norm, "
       "Tensor head_weight, Tensor? head_bias, int heads, int kv_heads, float eps, "
       "float qk_eps) -> Tensor",
       &decode_step);

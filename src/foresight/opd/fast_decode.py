@@ -1,5 +1,5 @@
-"""A lean decoder for sampling: the model's own weights and modules, fused projections, and a KV cache
-allocated once per rollout.
+"""A lean decoder for sampling: the model's own weights and modules, fused projections, and a KV
+cache allocated once per rollout.
 
 Generation runs one forward pass per token. For the small models this toolkit trains on a CPU, the
 library's generic forward is mostly per-call work (mask building, cache bookkeeping, one matmul per
@@ -30,6 +30,8 @@ from transformers import PreTrainedModel
 from foresight.opd.fused import COLUMN_BLOCK, decode_step
 
 SUPPORTED = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
+# Rotary kinds whose cos and sin at a position do not depend on the sequence's length.
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
 def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -210,12 +212,17 @@ class LeanDecoder:
         self.length = 0  # columns filled
         if self.compiled_step is not None:
             self.cache_rows = torch.arange(batch, device=device)  # (b,) each row's cache row
+            self.selected = False  # whether cache_rows is no longer every row in order
             # The model's rotary cos and sin at every position the cache can hold, computed by its
             # own module once (each position's values do not depend on the others).
-            positions = torch.arange(capacity, device=device)[None]  # (1, C)
-            probe = torch.zeros(1, dtype=model.dtype, device=device)
-            cos, sin = model.model.rotary_emb(probe, positions)  # (1, C, head dim)
-            self.cos_table, self.sin_table = cos[0].contiguous(), sin[0].contiguous()
+            # Only for rotary kinds whose frequencies do not depend on the sequence's length
+            # (dynamic and longrope rescale with it): others compute cos and sin per token.
+            self.cos_table = self.sin_table = None
+            if getattr(model.model.rotary_emb, "rope_type", None) in STATIC_ROPE:
+                positions = torch.arange(capacity, device=device)[None]  # (1, C)
+                probe = torch.zeros(1, dtype=model.dtype, device=device)
+                cos, sin = model.model.rotary_emb(probe, positions)  # (1, C, head dim)
+                self.cos_table, self.sin_table = cos[0].contiguous(), sin[0].contiguous()
             self.flat_weights = [
                 tensor if tensor is not None else torch.empty(0)
                 for layer in self.layers
@@ -241,8 +248,11 @@ class LeanDecoder:
     def select(self, rows: torch.Tensor) -> None:
         """Keep only `rows` of the batch (rows that stopped leave it). The compiled step reads the
         cache through a row map instead of copying it."""
+        if self.length == 0:
+            raise RuntimeError("LeanDecoder.select: nothing is cached yet")
         if self.compiled_step is not None:
             self.cache_rows = self.cache_rows[rows]
+            self.selected = True
             return
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
@@ -258,11 +268,13 @@ class LeanDecoder:
     def _next_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         start, new = self.length, input_ids.shape[1]
         end = start + new
+        if end > self.values[0].shape[2]:
+            raise RuntimeError(f"LeanDecoder: {end} columns do not fit the cache's capacity")
         if self.compiled_step is not None:
             if new == 1:
                 return self._compiled_next_logits(input_ids, attention_mask, position_ids)
-            if start > 0:  # the Python step reads the cache row by row, without the row map
-                raise RuntimeError("LeanDecoder: only the first pass may hold several tokens")
+            if self.selected:  # the Python step reads the cache row by row, without the row map
+                raise RuntimeError("LeanDecoder: several tokens at once after rows left")
         mask = self._mask(attention_mask, start, end)
         hidden = self.model.model.embed_tokens(input_ids)  # (b, t, H)
         cos, sin = self.model.model.rotary_emb(hidden, position_ids)  # (b, t, head dim)
@@ -278,12 +290,17 @@ class LeanDecoder:
     def _compiled_next_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         decoder = self.model.model
         hidden = F.embedding(input_ids[:, 0], decoder.embed_tokens.weight)  # (b, H)
-        position = position_ids[:, 0]  # (b,)
+        if self.cos_table is not None:
+            position = position_ids[:, 0]  # (b,)
+            cos, sin = self.cos_table[position], self.sin_table[position]  # (b, head dim)
+        else:
+            cos, sin = decoder.rotary_emb(hidden, position_ids)  # (b, 1, head dim)
+            cos, sin = cos[:, 0].contiguous(), sin[:, 0].contiguous()
         first = self.layers[0]
         logits = self.compiled_step(
             hidden,
-            self.cos_table[position],  # (b, head dim)
-            self.sin_table[position],
+            cos,
+            sin,
             attention_mask.long().contiguous(),
             self.length,
             self.cache_rows,

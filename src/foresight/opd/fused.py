@@ -10,6 +10,7 @@ $TORCH_EXTENSIONS_DIR) and rebuilds only when the source or the flags change.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -55,7 +56,8 @@ def _ninja_on_path() -> None:
 
 @functools.cache
 def decode_step():
-    """torch.ops.foresight_decode.decode_step, or None when switched off or impossible to build."""
+    """The op (torch.ops.foresight_decode_<hash>.decode_step), or None when switched off or
+    impossible to build."""
     if os.environ.get("FORESIGHT_FUSED_DECODE", "1") == "0":
         return None
     from torch.utils import cpp_extension
@@ -63,18 +65,24 @@ def decode_step():
     try:
         _ninja_on_path()
         level = capability()
+        # The op's namespace carries the source's hash: another version of this file (another
+        # tree's, benchmarks/sample_score.py --against) loads beside it instead of clashing.
+        namespace = "foresight_decode_" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
         cpp_extension.load(
-            name=f"foresight_decode_{level.lower()}",
+            name=f"{namespace}_{level.lower()}",
             sources=[str(SOURCE)],
-            extra_cflags=FLAGS + capability_flags(level),
+            extra_cflags=FLAGS
+            + capability_flags(level)
+            + [f"-DFORESIGHT_DECODE_NAMESPACE={namespace}"],
             is_python_module=False,
             verbose=False,
         )
     except (OSError, RuntimeError, ImportError, subprocess.CalledProcessError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
         warnings.warn(
-            f"the compiled decode step could not be built ({str(error).splitlines()[0]}); "
+            f"the compiled decode step could not be built ({reason}); "
             "sampling runs the slower Python step. Install a C++ compiler (g++) to get it back.",
             stacklevel=2,
         )
         return None
-    return torch.ops.foresight_decode.decode_step
+    return getattr(torch.ops, namespace).decode_step
