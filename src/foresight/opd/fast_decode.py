@@ -213,10 +213,9 @@ class LeanDecoder:
         if self.compiled_step is not None:
             self.cache_rows = torch.arange(batch, device=device)  # (b,) each row's cache row
             self.selected = False  # whether cache_rows is no longer every row in order
-            # The model's rotary cos and sin at every position the cache can hold, computed by its
-            # own module once (each position's values do not depend on the others).
-            # Only for rotary kinds whose frequencies do not depend on the sequence's length
-            # (dynamic and longrope rescale with it): others compute cos and sin per token.
+            # The model's rotary cos and sin at every position the cache can hold, computed once by
+            # its own module, for rotary kinds whose frequencies do not depend on the sequence's
+            # length (dynamic and longrope rescale with it: those compute them per token).
             self.cos_table = self.sin_table = None
             if getattr(model.model.rotary_emb, "rope_type", None) in STATIC_ROPE:
                 positions = torch.arange(capacity, device=device)[None]  # (1, C)
