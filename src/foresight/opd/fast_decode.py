@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from foresight.opd.fused import COLUMN_BLOCK, decode_step
+from foresight.opd.fused import attention as attention_ops
 
 SUPPORTED = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
 # Rotary kinds whose cos and sin at a position do not depend on the sequence's length.
@@ -171,7 +172,7 @@ class LeanDecoder:
         # Under bfloat16 autocast (model.dtype=bfloat16) the matmuls run in bfloat16, as in the
         # student's training forward: the weights are cast once here, each input once per matmul,
         # and everything else (norms, rotary, attention, the residual stream) stays in the model's
-        # dtype, as the update's float32 attention does (precision.py). Doing the casts here,
+        # dtype, as the update's float32 attention does (attention.py). Doing the casts here,
         # with autocast off, skips autocast's per-call dispatch, which made bfloat16 sampling
         # slower than float32 on a CPU.
         self.compute_dtype = (
@@ -355,7 +356,19 @@ class LeanDecoder:
         # Attend over the whole (contiguous) buffer: columns not yet written are masked out, and
         # reading them costs less than a strided slice of the cache at every token (measured).
         keys, values = self.keys[index], self.values[index]
-        if new > 1:  # the prompt: one call, the fused kernel
+        # The prompt (a first pass, keys only its own): attention.cpp, where it is built.
+        first_pass = new > 1 and start == 0 and dtype in (torch.float32, torch.float64)
+        compiled = attention_ops() if first_pass else None
+        if compiled is not None:
+            attended, _ = compiled.attention_forward(
+                query,
+                key,
+                value.to(dtype),
+                mask[:, None, :, :end].contiguous(),
+                self.head_dim**-0.5,
+            )  # (b, t, heads, head dim)
+            return self._linear(attended.reshape(batch, new, q_size), layer.o_weight, layer.o_bias)
+        if new > 1:  # a later multi-token pass: one call, the fused kernel
             attended = F.scaled_dot_product_attention(
                 query,
                 keys.transpose(2, 3),

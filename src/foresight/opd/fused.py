@@ -1,10 +1,13 @@
-"""The compiled one-token decode step (decode_step.cpp), built at first use, cached per machine.
+"""The compiled CPU ops, built at first use, cached per machine: the one-token decode step
+(decode_step.cpp) and the training attention (attention.cpp).
 
 `decode_step()` returns the op, or None where it cannot be built (no C++ compiler) or is switched
 off (FORESIGHT_FUSED_DECODE=0 in the environment); the lean decoder then runs its Python step, which
-computes the same function (tests/opd/test_decode_step.py compares the two). The build takes ~15-30
-s on a 2-core machine, once: torch.utils.cpp_extension keeps it in ~/.cache/torch_extensions (or
-$TORCH_EXTENSIONS_DIR) and rebuilds only when the source or the flags change.
+computes the same function (tests/opd/test_decode_step.py compares the two). `attention()` does the
+same for attention.cpp (FORESIGHT_FUSED_ATTENTION=0), and attention.py falls back to torch's SDPA.
+Each build takes ~15-30 s on a 2-core machine, once: torch.utils.cpp_extension keeps it in
+~/.cache/torch_extensions (or $TORCH_EXTENSIONS_DIR) and rebuilds only when the source or the flags
+change.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("decode_step.cpp")
+ATTENTION_SOURCE = Path(__file__).with_name("attention.cpp")
 COLUMN_BLOCK = 32  # decode_step.cpp's kColumnBlock: the key cache's capacity is a multiple of it
 # -ffp-contract=off: no fused multiply-adds, so products and sums round as PyTorch's separate
 # operations do.
@@ -54,35 +58,52 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
-@functools.cache
-def decode_step():
-    """The op (torch.ops.foresight_decode_<hash>.decode_step), or None when switched off or
-    impossible to build."""
-    if os.environ.get("FORESIGHT_FUSED_DECODE", "1") == "0":
-        return None
+def _build(source: Path, prefix: str, flags: list[str], what: str):
+    """Build `source` (cached) and return its op namespace, or None with a warning when the
+    build fails."""
     from torch.utils import cpp_extension
 
     try:
         _ninja_on_path()
         level = capability()
-        # The op's namespace carries the source's hash: another version of this file (another
+        # The op's namespace carries the source's hash: another version of the file (another
         # tree's, benchmarks/sample_score.py --against) loads beside it instead of clashing.
-        namespace = "foresight_decode_" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+        namespace = prefix + hashlib.sha256(source.read_bytes()).hexdigest()[:12]
         cpp_extension.load(
             name=f"{namespace}_{level.lower()}",
-            sources=[str(SOURCE)],
-            extra_cflags=FLAGS
+            sources=[str(source)],
+            extra_cflags=flags
             + capability_flags(level)
-            + [f"-DFORESIGHT_DECODE_NAMESPACE={namespace}"],
+            + [f"-D{prefix.upper()}NAMESPACE={namespace}"],
             is_python_module=False,
             verbose=False,
         )
     except (OSError, RuntimeError, ImportError, subprocess.CalledProcessError) as error:
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         warnings.warn(
-            f"the compiled decode step could not be built ({reason}); "
-            "sampling runs the slower Python step. Install a C++ compiler (g++) to get it back.",
-            stacklevel=2,
+            f"the compiled {what} could not be built ({reason}); the slower PyTorch path runs "
+            "instead. Install a C++ compiler (g++) to get it back.",
+            stacklevel=3,
         )
         return None
-    return getattr(torch.ops, namespace).decode_step
+    return getattr(torch.ops, namespace)
+
+
+@functools.cache
+def decode_step():
+    """The op (torch.ops.foresight_decode_<hash>.decode_step), or None when switched off
+    (FORESIGHT_FUSED_DECODE=0) or impossible to build."""
+    if os.environ.get("FORESIGHT_FUSED_DECODE", "1") == "0":
+        return None
+    ops = _build(SOURCE, "foresight_decode_", FLAGS, "decode step")
+    return None if ops is None else ops.decode_step
+
+
+@functools.cache
+def attention():
+    """The namespace of attention.cpp's ops (attention_forward, attention_backward), or None when
+    switched off (FORESIGHT_FUSED_ATTENTION=0) or impossible to build."""
+    if os.environ.get("FORESIGHT_FUSED_ATTENTION", "1") == "0":
+        return None
+    # Fused multiply-adds allowed: nothing here has to round as a sequence of PyTorch ops does.
+    return _build(ATTENTION_SOURCE, "foresight_attention_", ["-O3", "-fopenmp-simd"], "attention")

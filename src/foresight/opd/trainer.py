@@ -17,10 +17,10 @@ from foresight.config import Config, OptimConfig
 from foresight.errors import UserError
 from foresight.lora import trainable_parameters, wrap_student
 from foresight.models import load_model, load_tokenizer, paired_teacher
+from foresight.opd.attention import cpu_attention_for
 from foresight.opd.completions import TeacherCompletions
 from foresight.opd.distributed import shard_student
 from foresight.opd.host_memory import reuse_freed_memory
-from foresight.opd.precision import float32_attention_on_cpu
 from foresight.tasks import Task, load_task
 
 
@@ -73,8 +73,7 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
         cfg.model.device,
         cfg.model.gradient_checkpointing,
     )
-    if cfg.model.dtype == "bfloat16":
-        float32_attention_on_cpu(student)  # the CPU's bfloat16 attention backward is slow
+    cpu_attention_for(student)  # float32 attention, compiled for short sequences (attention.py)
     if cfg.lora.enabled:  # only the adapters train (lora.py)
         student = wrap_student(student, cfg.lora, resumed_from)
     student = shard_student(student)  # FSDP2 under torchrun; unchanged in one process
@@ -92,6 +91,7 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
                 cfg.model.teacher, "teacher", cfg.model.teacher_dtype, cfg.model.teacher_device
             )
         )
+        cpu_attention_for(teacher)
         teacher_tokenizer = load_tokenizer(cfg.model.teacher, "teacher", cfg.model.chat_template)
         # Read through model.vocab_map when the teacher has another vocabulary (vocab.py).
         teacher = paired_teacher(
@@ -99,6 +99,7 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
         )
     if cfg.train.method == "rl" and cfg.loss.kl_coef > 0:
         reference = frozen(load_model(cfg.model.student, "student", "float32", cfg.model.device))
+        cpu_attention_for(reference)
     if any(
         model.device.type == "cpu" for model in (student, teacher, reference) if model is not None
     ):
