@@ -15,7 +15,8 @@
 // attends the keys its mask row marks (bool (B, 1 or H, T, T)), or keys 0..i when causal (no mask).
 // A query with no key at all gives zeros, and log-sum-exp -inf (no gradient).
 //
-// Built at first use by foresight.opd.fused (torch.utils.cpp_extension), cached per machine.
+// Built at first use with rms_norm.cpp into one extension by foresight.opd.fused
+// (torch.utils.cpp_extension), cached per machine.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -397,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
 }  // namespace
 
 // The namespace carries a hash of this source (fused.py), so two versions can load in one process.
-TORCH_LIBRARY(FORESIGHT_ATTENTION_NAMESPACE, m) {
+TORCH_LIBRARY_FRAGMENT(FORESIGHT_LAYERS_NAMESPACE, m) {
   m.def(
       "attention_forward(Tensor query, Tensor key, Tensor value, Tensor? mask, float scale) "
       "-> (Tensor, Tensor)",

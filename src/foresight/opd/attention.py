@@ -37,7 +37,7 @@ class CompiledAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, mask, scale):
-        result, lse = fused.attention().attention_forward(query, key, value, mask, scale)
+        result, lse = fused.layer_ops().attention_forward(query, key, value, mask, scale)
         ctx.save_for_backward(query, key, value, mask, result, lse)
         ctx.scale = scale
         return result
@@ -45,7 +45,7 @@ class CompiledAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_result):
         query, key, value, mask, result, lse = ctx.saved_tensors
-        grads = fused.attention().attention_backward(
+        grads = fused.layer_ops().attention_backward(
             grad_result.contiguous(), query, key, value, mask, result, lse, ctx.scale
         )
         return (*grads, None, None)
@@ -60,7 +60,7 @@ def compiled_applies(module, query, key, attention_mask, dropout, is_causal, kwa
         attention_mask.dtype != torch.bool or attention_mask.dim() != 4
     ):
         return False
-    return fused.attention() is not None
+    return fused.layer_ops() is not None
 
 
 def cpu_attention(

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from foresight.opd.fused import COLUMN_BLOCK, decode_step
-from foresight.opd.fused import attention as attention_ops
+from foresight.opd.fused import COLUMN_BLOCK, decode_step, layer_ops
 
 SUPPORTED = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
 # Rotary kinds whose cos and sin at a position do not depend on the sequence's length.
@@ -358,7 +357,7 @@ class LeanDecoder:
         keys, values = self.keys[index], self.values[index]
         # The prompt (a first pass, keys only its own): attention.cpp, where it is built.
         first_pass = new > 1 and start == 0 and dtype in (torch.float32, torch.float64)
-        compiled = attention_ops() if first_pass else None
+        compiled = layer_ops() if first_pass else None
         if compiled is not None:
             attended, _ = compiled.attention_forward(
                 query,

@@ -1,10 +1,12 @@
 """The compiled CPU ops, built at first use, cached per machine: the one-token decode step
-(decode_step.cpp) and the training attention (attention.cpp).
+(decode_step.cpp), and the attention and RMSNorm of the training and scoring passes
+(attention.cpp, rms_norm.cpp).
 
 `decode_step()` returns the op, or None where it cannot be built (no C++ compiler) or is switched
 off (FORESIGHT_FUSED_DECODE=0 in the environment); the lean decoder then runs its Python step, which
-computes the same function (tests/opd/test_decode_step.py compares the two). `attention()` does the
-same for attention.cpp (FORESIGHT_FUSED_ATTENTION=0), and attention.py falls back to torch's SDPA.
+computes the same function (tests/opd/test_decode_step.py compares the two). `layer_ops()` does the
+same for the training passes' attention and RMSNorm (attention.cpp, rms_norm.cpp;
+FORESIGHT_FUSED_LAYERS=0), which then run as the library's PyTorch operations.
 Each build takes ~15-30 s on a 2-core machine, once: torch.utils.cpp_extension keeps it in
 ~/.cache/torch_extensions (or $TORCH_EXTENSIONS_DIR) and rebuilds only when the source or the flags
 change.
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("decode_step.cpp")
-ATTENTION_SOURCE = Path(__file__).with_name("attention.cpp")
+LAYER_SOURCES = [Path(__file__).with_name(name) for name in ("attention.cpp", "rms_norm.cpp")]
 COLUMN_BLOCK = 32  # decode_step.cpp's kColumnBlock: the key cache's capacity is a multiple of it
 # -ffp-contract=off: no fused multiply-adds, so products and sums round as PyTorch's separate
 # operations do.
@@ -58,20 +60,21 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
-def _build(source: Path, prefix: str, flags: list[str], what: str):
-    """Build `source` (cached) and return its op namespace, or None with a warning when the
-    build fails."""
+def _build(sources: list[Path], prefix: str, flags: list[str], what: str):
+    """Build `sources` into one extension (cached) and return its op namespace, or None with a
+    warning when the build fails."""
     from torch.utils import cpp_extension
 
     try:
         _ninja_on_path()
         level = capability()
-        # The op's namespace carries the source's hash: another version of the file (another
-        # tree's, benchmarks/sample_score.py --against) loads beside it instead of clashing.
-        namespace = prefix + hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+        # The ops' namespace carries the sources' hash: another version of them (another tree's,
+        # benchmarks/sample_score.py --against) loads beside it instead of clashing.
+        digest = hashlib.sha256(b"".join(source.read_bytes() for source in sources))
+        namespace = prefix + digest.hexdigest()[:12]
         cpp_extension.load(
             name=f"{namespace}_{level.lower()}",
-            sources=[str(source)],
+            sources=[str(source) for source in sources],
             extra_cflags=flags
             + capability_flags(level)
             + [f"-D{prefix.upper()}NAMESPACE={namespace}"],
@@ -95,15 +98,16 @@ def decode_step():
     (FORESIGHT_FUSED_DECODE=0) or impossible to build."""
     if os.environ.get("FORESIGHT_FUSED_DECODE", "1") == "0":
         return None
-    ops = _build(SOURCE, "foresight_decode_", FLAGS, "decode step")
+    ops = _build([SOURCE], "foresight_decode_", FLAGS, "decode step")
     return None if ops is None else ops.decode_step
 
 
 @functools.cache
-def attention():
-    """The namespace of attention.cpp's ops (attention_forward, attention_backward), or None when
-    switched off (FORESIGHT_FUSED_ATTENTION=0) or impossible to build."""
-    if os.environ.get("FORESIGHT_FUSED_ATTENTION", "1") == "0":
+def layer_ops():
+    """The namespace of the training passes' ops: attention.cpp's attention_forward and
+    attention_backward, rms_norm.cpp's rms_norm and rms_norm_backward; None when switched off
+    (FORESIGHT_FUSED_LAYERS=0) or impossible to build."""
+    if os.environ.get("FORESIGHT_FUSED_LAYERS", "1") == "0":
         return None
     # Fused multiply-adds allowed: nothing here has to round as a sequence of PyTorch ops does.
-    return _build(ATTENTION_SOURCE, "foresight_attention_", ["-O3", "-fopenmp-simd"], "attention")
+    return _build(LAYER_SOURCES, "foresight_layers_", ["-O3", "-fopenmp-simd"], "layer ops")

@@ -21,6 +21,7 @@ from foresight.opd.attention import cpu_attention_for
 from foresight.opd.completions import TeacherCompletions
 from foresight.opd.distributed import shard_student
 from foresight.opd.host_memory import reuse_freed_memory
+from foresight.opd.rms_norm import cpu_norms_for
 from foresight.tasks import Task, load_task
 
 
@@ -73,7 +74,8 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
         cfg.model.device,
         cfg.model.gradient_checkpointing,
     )
-    cpu_attention_for(student)  # float32 attention, compiled for short sequences (attention.py)
+    cpu_attention_for(student)  # float32 attention, compiled (attention.py)
+    cpu_norms_for(student)  # compiled RMSNorm forward and backward (rms_norm.py)
     if cfg.lora.enabled:  # only the adapters train (lora.py)
         student = wrap_student(student, cfg.lora, resumed_from)
     student = shard_student(student)  # FSDP2 under torchrun; unchanged in one process
