@@ -102,12 +102,17 @@ def decode_step():
     return None if ops is None else ops.decode_step
 
 
-@functools.cache
 def layer_ops():
     """The namespace of the training passes' ops: attention.cpp's attention_forward and
     attention_backward, rms_norm.cpp's rms_norm and rms_norm_backward; None when switched off
-    (FORESIGHT_FUSED_LAYERS=0) or impossible to build."""
+    (FORESIGHT_FUSED_LAYERS=0, read at every call: benchmarks/throughput.py --versus-pytorch
+    switches it between steps) or impossible to build."""
     if os.environ.get("FORESIGHT_FUSED_LAYERS", "1") == "0":
         return None
+    return _built_layer_ops()
+
+
+@functools.cache
+def _built_layer_ops():
     # Fused multiply-adds allowed: nothing here has to round as a sequence of PyTorch ops does.
     return _build(LAYER_SOURCES, "foresight_layers_", ["-O3", "-fopenmp-simd"], "layer ops")
