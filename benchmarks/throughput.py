@@ -190,7 +190,9 @@ def op_profile(clocks: PhaseClocks, trainer, step: int) -> dict[str, dict[str, f
         if parent is not None:
             phase = parent.name
         kind = "matmul" if event.name in MATMULS else "other"
-        kind = "attention" if "scaled_dot_product" in event.name else kind
+        # torch's SDPA kernels, or attention.cpp's (foresight_layers_<hash>::attention_*)
+        is_attention = "scaled_dot_product" in event.name or "::attention_" in event.name
+        kind = "attention" if is_attention else kind
         split[phase][kind] += event.self_cpu_time_total / 1e6
     return split
 
