@@ -169,25 +169,28 @@ def _counting(function, calls):
     return counted
 
 
-def relative_errors(model, ids, mask, hidden_ref, grads_ref, autocast=False):
-    hidden, grads = last_hidden_and_grads(model, ids, mask, autocast)
-    return (
-        float((hidden - hidden_ref).norm() / hidden_ref.norm()),
-        float((grads - grads_ref).norm() / grads_ref.norm()),
-    )
+def errors_against_float64(folder, autocast=False):
+    """Relative errors (hidden states, gradients) against the float64 model, with `cpu_attention`
+    and with the library's attention: ((ours), (library))."""
+    ids, mask = batch(folder)
+    hidden_ref, grads_ref = last_hidden_and_grads(load_model(folder, "student").double(), ids, mask)
+    library = load_model(folder, "student")
+    ours = copy.deepcopy(library)
+    cpu_attention_for(ours)
+
+    def errors(model):
+        hidden, grads = last_hidden_and_grads(model, ids, mask, autocast)
+        return (
+            float((hidden - hidden_ref).norm() / hidden_ref.norm()),
+            float((grads - grads_ref).norm() / grads_ref.norm()),
+        )
+
+    return errors(ours), errors(library)
 
 
 def test_float32_models_are_as_close_to_float64_as_the_library(micro_pair):
-    ids, mask = batch(micro_pair[0])
-    hidden_ref, grads_ref = last_hidden_and_grads(
-        load_model(micro_pair[0], "student").double(), ids, mask
-    )
-    library = load_model(micro_pair[0], "student")
-    ours = copy.deepcopy(library)
-    cpu_attention_for(ours)
-    (hidden_err, grad_err) = relative_errors(ours, ids, mask, hidden_ref, grads_ref)
-    (hidden_err_library, grad_err_library) = relative_errors(
-        library, ids, mask, hidden_ref, grads_ref
+    (hidden_err, grad_err), (hidden_err_library, grad_err_library) = errors_against_float64(
+        micro_pair[0]
     )
     # Measured: ~1.3e-7 and ~2.7e-7 for both.
     assert hidden_err < 1e-6 and grad_err < 2e-6, (hidden_err, grad_err)
@@ -195,15 +198,9 @@ def test_float32_models_are_as_close_to_float64_as_the_library(micro_pair):
 
 
 def test_under_autocast_gradients_stay_close_to_float64(micro_pair):
-    ids, mask = batch(micro_pair[0])
-    hidden_ref, grads_ref = last_hidden_and_grads(
-        load_model(micro_pair[0], "student").double(), ids, mask
+    (hidden_err, grad_err), (_, grad_err_library) = errors_against_float64(
+        micro_pair[0], autocast=True
     )
-    library = load_model(micro_pair[0], "student")
-    ours = copy.deepcopy(library)
-    cpu_attention_for(ours)
-    hidden_err, grad_err = relative_errors(ours, ids, mask, hidden_ref, grads_ref, autocast=True)
-    _, grad_err_library = relative_errors(library, ids, mask, hidden_ref, grads_ref, autocast=True)
     # bfloat16 matmuls keep ~3 significant digits: errors of a few 1e-3, never a wrong mask's O(1).
     assert hidden_err < 2e-2 and grad_err < 2e-2, (hidden_err, grad_err)
     assert grad_err <= grad_err_library * 1.1, (grad_err, grad_err_library)
