@@ -206,13 +206,20 @@ def test_under_autocast_gradients_stay_close_to_float64(micro_pair):
     assert grad_err <= grad_err_library * 1.1, (grad_err, grad_err_library)
 
 
-def test_dropout_while_training_goes_to_the_library():
+def test_what_the_kernel_does_not_cover_goes_to_the_library():
     query, key, value, mask = inputs(2, 4, 2, 6, 8, "left_padding", torch.float32)
     module = torch.nn.Module()
-    assert attention.compiled_applies(module, query, key, mask, 0.0, True, {})
-    assert not attention.compiled_applies(module, query, key, mask, 0.1, True, {})
-    assert not attention.compiled_applies(module, query, key, mask, 0.0, True, {"softcap": 30.0})
-    assert not attention.compiled_applies(module, query, key, mask.float(), 0.0, True, {})
+
+    def applies(q=query, k=key, v=value, m=mask, dropout=0.0, **kwargs):
+        return attention.compiled_applies(module, q, k, v, m, dropout, True, kwargs)
+
+    assert applies()
+    assert not applies(dropout=0.1)
+    assert not applies(softcap=30.0)
+    assert not applies(m=mask.float())
+    assert not applies(v=value[..., :4])  # value head dim != key head dim (latent attention)
+    assert not applies(k=key[:1], v=value[:1])  # a broadcast batch
+    assert not applies(q=query[:, :, :3], m=mask[..., :3, :])  # fewer queries than keys
 
 
 def test_a_model_with_another_attention_keeps_it(micro_pair):
@@ -220,3 +227,20 @@ def test_a_model_with_another_attention_keeps_it(micro_pair):
     model.set_attn_implementation("eager")
     cpu_attention_for(model)
     assert model.config._attn_implementation == "eager"
+
+
+def test_two_threads_give_the_one_thread_result():
+    query, key, value, mask = inputs(4, 4, 2, 23, 16, "left_padding", torch.float32)
+    leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            result = CompiledAttention.apply(*leaves, mask, 0.25)
+            grads = torch.autograd.grad(result.sum(), leaves)
+            results.append((result, *grads))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):  # work units own their rows: no sum changes order
+        assert torch.equal(one, two)

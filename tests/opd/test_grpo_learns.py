@@ -61,5 +61,7 @@ def test_grpo_steps_raise_the_training_reward_over_seeds(tmp_path, monkeypatch):
             train_step(trainer, step)
         changes.append(sampled_reward(trainer, seed) - before)
     n = len(changes)
-    lower = statistics.fmean(changes) - T95_ONE_SIDED[n - 1] * statistics.stdev(changes) / math.sqrt(n)
+    lower = statistics.fmean(changes) - T95_ONE_SIDED[n - 1] * statistics.stdev(
+        changes
+    ) / math.sqrt(n)
     assert lower > 0, f"reward changes {changes}: one-sided 95% lower bound {lower:.4f} <= 0"

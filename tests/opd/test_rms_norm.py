@@ -108,3 +108,21 @@ def test_a_model_with_compiled_norms_is_the_same_model(micro_pair, autocast):
     scale = 2e-2 if autocast else 1e-5  # bfloat16 products: a flipped rounding moves ~1e-2
     assert float((hidden_ours - hidden_library).norm() / hidden_library.norm()) < scale / 10
     assert float((grads_ours - grads_library).norm() / grads_library.norm()) < scale
+
+
+def test_two_threads_sum_the_weight_gradient_as_one():
+    # float64: the weight gradient accumulates in float64, so two orders of the sum agree closely.
+    norm, x = norm_and_input(Qwen3RMSNorm, 64, torch.float64, torch.float64)
+    x = torch.cat([x] * 200)  # enough rows for both threads
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(run(copy.deepcopy(norm), x, compiled_forward))
+    finally:
+        torch.set_num_threads(threads)
+    (y1, dx1, dw1), (y2, dx2, dw2) = results
+    assert torch.equal(y1, y2) and torch.equal(dx1, dx2)
+    # Per-thread partial sums of the weight gradient: another order of the same sum.
+    torch.testing.assert_close(dw2, dw1, rtol=1e-10, atol=1e-10)

@@ -37,7 +37,8 @@ class CompiledAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, mask, scale):
-        result, lse = fused.layer_ops().attention_forward(query, key, value, mask, scale)
+        ctx.ops = fused.layer_ops()  # the backward's too, whatever the switch says by then
+        result, lse = ctx.ops.attention_forward(query, key, value, mask, scale)
         ctx.save_for_backward(query, key, value, mask, result, lse)
         ctx.scale = scale
         return result
@@ -45,16 +46,23 @@ class CompiledAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_result):
         query, key, value, mask, result, lse = ctx.saved_tensors
-        grads = fused.layer_ops().attention_backward(
+        grads = ctx.ops.attention_backward(
             grad_result.contiguous(), query, key, value, mask, result, lse, ctx.scale
         )
         return (*grads, None, None)
 
 
-def compiled_applies(module, query, key, attention_mask, dropout, is_causal, kwargs) -> bool:
+def compiled_applies(module, query, key, value, attention_mask, dropout, is_causal, kwargs) -> bool:
+    """Whether attention.cpp computes this call: no dropout or extras, queries as long as the keys,
+    one head dim for queries, keys and values (not multi-head latent attention), one batch, the
+    library's boolean masks or causal."""
     if dropout > 0 or any(kwargs.get(name) is not None for name in UNSUPPORTED):
         return False
     if query.shape[2] != key.shape[2] or (attention_mask is None and not is_causal):
+        return False
+    if value.shape != key.shape or key.shape[0] != query.shape[0] or key.shape[3] != query.shape[3]:
+        return False
+    if any(t.stride(-1) != 1 for t in (query, key, value)):
         return False
     if attention_mask is not None and (
         attention_mask.dtype != torch.bool or attention_mask.dim() != 4
@@ -87,7 +95,7 @@ def cpu_attention(
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     with torch.autocast("cpu", enabled=False):
         query, key, value = query.to(work), key.to(work), value.to(work)
-        if compiled_applies(module, query, key, attention_mask, dropout, is_causal, kwargs):
+        if compiled_applies(module, query, key, value, attention_mask, dropout, is_causal, kwargs):
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             mask = (
                 None

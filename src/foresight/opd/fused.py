@@ -27,9 +27,11 @@ import torch
 SOURCE = Path(__file__).with_name("decode_step.cpp")
 LAYER_SOURCES = [Path(__file__).with_name(name) for name in ("attention.cpp", "rms_norm.cpp")]
 COLUMN_BLOCK = 32  # decode_step.cpp's kColumnBlock: the key cache's capacity is a multiple of it
-# -ffp-contract=off: no fused multiply-adds, so products and sums round as PyTorch's separate
-# operations do.
-FLAGS = ["-O3", "-fopenmp-simd", "-ffp-contract=off"]
+# -ffp-contract=off: the compiler fuses no multiply-adds of its own, so products and sums round as
+# PyTorch's separate operations do (attention.cpp's explicit at::vec::fmadd stay fused).
+# -fopenmp: at::parallel_for in the kernels runs on torch's OpenMP threads (without it, the
+# header's serial fallback runs every chunk on the calling thread).
+FLAGS = ["-O3", "-fopenmp-simd", "-ffp-contract=off", "-fopenmp"]
 # The instruction sets of each of torch's own CPU kernel builds, so that at::vec (the attention's
 # exp) has the width torch dispatches to on this machine, and a build cached on a shared disk runs
 # on every machine of the same capability (unlike -march=native).
@@ -68,9 +70,10 @@ def _build(sources: list[Path], prefix: str, flags: list[str], what: str):
     try:
         _ninja_on_path()
         level = capability()
-        # The ops' namespace carries the sources' hash: another version of them (another tree's,
-        # benchmarks/sample_score.py --against) loads beside it instead of clashing.
+        # The ops' namespace carries a hash of the sources and flags: another version of them
+        # (another tree's, benchmarks/sample_score.py --against) loads beside it, not over it.
         digest = hashlib.sha256(b"".join(source.read_bytes() for source in sources))
+        digest.update(" ".join(flags).encode())
         namespace = prefix + digest.hexdigest()[:12]
         cpp_extension.load(
             name=f"{namespace}_{level.lower()}",
@@ -78,6 +81,7 @@ def _build(sources: list[Path], prefix: str, flags: list[str], what: str):
             extra_cflags=flags
             + capability_flags(level)
             + [f"-D{prefix.upper()}NAMESPACE={namespace}"],
+            extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
@@ -114,5 +118,4 @@ def layer_ops():
 
 @functools.cache
 def _built_layer_ops():
-    # Fused multiply-adds allowed: nothing here has to round as a sequence of PyTorch ops does.
-    return _build(LAYER_SOURCES, "foresight_layers_", ["-O3", "-fopenmp-simd"], "layer ops")
+    return _build(LAYER_SOURCES, "foresight_layers_", FLAGS, "layer ops")

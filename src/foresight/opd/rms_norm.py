@@ -17,6 +17,7 @@ from __future__ import annotations
 import types
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from foresight.opd import fused
@@ -36,7 +37,8 @@ class CompiledRMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, eps):
-        result, rstd = fused.layer_ops().rms_norm(hidden, weight, eps)
+        ctx.ops = fused.layer_ops()  # the backward's too, whatever the switch says by then
+        result, rstd = ctx.ops.rms_norm(hidden, weight, eps)
         ctx.save_for_backward(hidden, weight, rstd)
         ctx.eps = eps
         return result
@@ -44,7 +46,7 @@ class CompiledRMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_result):
         hidden, weight, rstd = ctx.saved_tensors
-        grad_hidden, grad_weight = fused.layer_ops().rms_norm_backward(
+        grad_hidden, grad_weight = ctx.ops.rms_norm_backward(
             grad_result.contiguous(), hidden, weight, rstd, ctx.eps
         )
         return grad_hidden, grad_weight, None
@@ -56,6 +58,7 @@ def compiled_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     if (
         hidden_states.device.type != "cpu"
         or (hidden_states.dtype, weight.dtype) not in DTYPES
+        or isinstance(weight, DTensor)  # sharded (tensor parallelism): the library's forward
         or fused.layer_ops() is None
     ):
         return type(self).forward(self, hidden_states)
