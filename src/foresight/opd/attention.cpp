@@ -87,18 +87,11 @@ using Vec = at::vec::Vectorized<S>;
 // Asks for the cache lines of a row of `dim` elements ahead of its use: the rows of successive
 // queries are cold (written by the previous operation, evicted since), and one query's work is
 // shorter than a trip to memory.
-template <typename S>
+template <int Write = 0, typename S>
 void prefetch_row(const S* row, int64_t dim) {
   const char* p = reinterpret_cast<const char*>(row);
   for (int64_t byte = 0; byte < dim * static_cast<int64_t>(sizeof(S)); byte += 64)
-    __builtin_prefetch(p + byte);
-}
-
-template <typename S>
-void prefetch_row_to_write(S* row, int64_t dim) {
-  char* p = reinterpret_cast<char*>(row);
-  for (int64_t byte = 0; byte < dim * static_cast<int64_t>(sizeof(S)); byte += 64)
-    __builtin_prefetch(p + byte, 1);
+    __builtin_prefetch(p + byte, Write);
 }
 
 constexpr int64_t kAhead = 2;  // queries ahead
@@ -237,7 +230,7 @@ void forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& v
         for (int64_t i = 0; i < T; ++i) {
           if (i + kAhead < T) {
             prefetch_row(q.at(b, h, i + kAhead), d);
-            prefetch_row_to_write(o + ((b * T + i + kAhead) * p.heads + h) * d, d);
+            prefetch_row<1>(o + ((b * T + i + kAhead) * p.heads + h) * d, d);
           }
           S* oi = o + ((b * T + i) * p.heads + h) * d;
           const Span& span = spans[i];
@@ -289,7 +282,7 @@ void backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
             prefetch_row(q.at(b, h, i + kAhead), d);
             prefetch_row(o + ahead, d);
             prefetch_row(go + ahead, d);
-            prefetch_row_to_write(dq.at(b, h, i + kAhead), d);
+            prefetch_row<1>(dq.at(b, h, i + kAhead), d);
           }
           S* dq_i = dq.at(b, h, i);
           const Span& span = spans[i];
