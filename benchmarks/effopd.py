@@ -26,10 +26,10 @@ import torch
 
 from foresight.cli import quiet_libraries
 from foresight.config import load_config
-from foresight.evaluate import evaluate
+from foresight.train.evaluate import evaluate
 from foresight.log import read_metrics
 from foresight.models import load_model, load_tokenizer
-from foresight.opd.train import train
+from foresight.train.loop import train
 from foresight.tasks import load_task
 
 PAPER = [

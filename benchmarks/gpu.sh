@@ -75,7 +75,7 @@ if ! "$PY" -m pip install -q --no-deps --no-build-isolation "${PIP[@]}" -e .; th
   echo "gpu.sh: editable install failed; running from src/ via PYTHONPATH instead."
   export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
-if ! "$PY" -c 'import foresight.opd.train'; then
+if ! "$PY" -c 'import foresight.train.loop'; then
   echo "gpu.sh: FAILED: foresight does not import (see the error above for the missing module)." >&2
   exit 1
 fi

@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from foresight.cli import quiet_libraries
 from foresight.config import Config
 from foresight.models import DTYPES, MODEL_SIZES, build_char_tokenizer
-from foresight.opd.train import Trainer, setup, train_step
+from foresight.train.loop import Trainer, setup, train_step
 from foresight.tasks import TASKS
 
 

@@ -63,9 +63,9 @@ def build(vocab: int, hidden: int, seed: int) -> torch.nn.Module:
 
 def measure(args: argparse.Namespace, vocab: int, topk: int | None) -> dict:
     """Runs in the child process: warm up, then the peak of each measured step (MiB)."""
-    from foresight.opd.loss import masked_sum_loss
-    from foresight.opd.rollout import Rollout
-    from foresight.opd.scoring import score_tokens, teacher_hidden_states
+    from foresight.train.loss import masked_sum_loss
+    from foresight.train.rollout import Rollout
+    from foresight.train.scoring import score_tokens, teacher_hidden_states
 
     torch.set_num_threads(args.threads)
     student, teacher = build(vocab, args.hidden, 0), build(vocab, args.hidden, 1)

@@ -49,11 +49,11 @@ from pathlib import Path
 
 import torch
 
-import foresight.opd.train as train_module
+import foresight.train.loop as train_module
 from foresight.cli import quiet_libraries
 from foresight.config import load_config
 from foresight.models import count_parameters
-from foresight.opd.train import setup, train_step
+from foresight.train.loop import setup, train_step
 
 # Phase -> the function of train.py whose calls it is.
 CLOCKED_CALLS = {

@@ -14,7 +14,7 @@ Per step we time the whole optimizer step (ours: `train_step`; TRL: `on_step_beg
 wall-clock and in the process's CPU time (which other jobs on a shared machine do not inflate), and
 count completion tokens (EOS included, both sides). The first `--warmup` steps train but are not
 timed. After the last step both students go through the same held-out evaluation
-(`foresight.evaluate`: greedy accuracy on the test split, and the reverse KL to the teacher on T=1
+(`foresight.train.evaluate`: greedy accuracy on the test split, and the reverse KL to the teacher on T=1
 samples).
 
 Configurations: "tiny" is the committed `models/arith/{base,teacher}` (0.8M parameters each);
@@ -103,7 +103,7 @@ def base_config(args: argparse.Namespace):
 
 
 def run_ours(args: argparse.Namespace) -> dict:
-    from foresight.opd.train import setup, train_step
+    from foresight.train.loop import setup, train_step
 
     cfg = base_config(args)
     t = setup(cfg)
@@ -130,7 +130,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from foresight.cli import quiet_libraries
-    from foresight.evaluate import evaluate
+    from foresight.train.evaluate import evaluate
     from foresight.models import count_parameters, load_tokenizer
     from foresight.tasks import load_task
 

@@ -14,7 +14,7 @@ from foresight.checkpoint import list_checkpoints
 from foresight.config import Config
 from foresight.errors import UserError
 from foresight.lora import load_for_eval, load_student
-from foresight.opd.train import setup, train
+from foresight.train.loop import setup, train
 
 
 def lora_config(micro_pair, out_dir, **sections):

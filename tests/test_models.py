@@ -23,9 +23,9 @@ from transformers import (
 
 from foresight.errors import UserError
 from foresight.models import check_pair, check_plain_head, load_model, load_tokenizer
-from foresight.opd.loss import sampled_token_loss
-from foresight.opd.rollout import sample
-from foresight.opd.scoring import score_tokens
+from foresight.train.loss import sampled_token_loss
+from foresight.train.rollout import sample
+from foresight.train.scoring import score_tokens
 
 SMALL = dict(vocab_size=64, **MICRO)
 

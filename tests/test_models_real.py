@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from foresight.models import load_model, load_tokenizer
-from foresight.opd.rollout import decode_completions, encode_prompts, sample
+from foresight.train.rollout import decode_completions, encode_prompts, sample
 
 PROMPTS = ["What is the capital of France?", "Name one primary color. Answer with one word."]
 

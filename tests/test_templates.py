@@ -17,8 +17,8 @@ from transformers import AutoTokenizer
 from foresight.config import config_to_yaml
 from foresight.errors import UserError
 from foresight.models import load_tokenizer
-from foresight.opd.rollout import encode_prompts
-from foresight.opd.train import setup
+from foresight.train.rollout import encode_prompts
+from foresight.train.loop import setup
 from foresight.templates import check_templates, render, set_chat_mode
 
 ALPHABET = string.ascii_letters + string.digits + " #*+,-=?.|:\n"

@@ -20,8 +20,8 @@ from foresight.config import config_to_yaml
 from foresight.errors import UserError
 from foresight.log import read_metrics
 from foresight.models import check_pair, load_model, load_tokenizer
-from foresight.opd.rollout import sample
-from foresight.opd.scoring import score_tokens
+from foresight.train.rollout import sample
+from foresight.train.scoring import score_tokens
 from foresight.tasks import TASKS
 from foresight.vocab import MappedTeacher
 
@@ -181,7 +181,7 @@ def test_the_probe_scorer_checks_the_scored_model_against_the_teacher(micro_pair
     """task_scorer (the analysis probes' scorer) compares the model it scores with the teacher,
     not the teacher with itself: a teacher with a larger head is refused with a UserError."""
     from foresight.config import TaskConfig
-    from foresight.evaluate import task_scorer
+    from foresight.train.evaluate import task_scorer
 
     wide = load_model(micro_pair[1], "teacher")
     wide.resize_token_embeddings(wide.config.vocab_size + 8)  # the same tokenizer, a larger head

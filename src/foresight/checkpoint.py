@@ -26,10 +26,16 @@ from foresight.errors import UserError
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
 STATE_FILE = "trainer_state.pt"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: a LoRA checkpoint holds the adapter only
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def is_lora_checkpoint(path: Path) -> bool:
+    """Whether a folder is a peft LoRA adapter (adapter_config.json beside its weights)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from foresight.dynamics.command import analyze_command
+from foresight.analyze_command import analyze_command
 from foresight.errors import UserError
 
 app = typer.Typer(
@@ -51,7 +51,7 @@ def train(
 ) -> None:
     """Train (OPD or SFT) from a YAML config."""
     from foresight.config import load_config
-    from foresight.opd.train import train as run_training
+    from foresight.train.loop import train as run_training
 
     if allow_vocab_mismatch:  # stored in the config, so the run folder records it
         set_ = [*set_, "model.allow_vocab_mismatch=true"]
@@ -175,7 +175,7 @@ def eval_(
     import json
 
     from foresight.config import TaskConfig
-    from foresight.evaluate import evaluate
+    from foresight.train.evaluate import evaluate
     from foresight.models import check_pair, load_model, load_tokenizer
     from foresight.tasks import load_task
 

@@ -100,11 +100,22 @@ class RolloutConfig(Section):
     group_size: int = Field(1, ge=1, description="Completions per prompt (GRPO's group, G).")
 
 
+# The loss kinds each train.method takes, its default first; train/loss.py OBJECTIVES maps each
+# pair to its loss.
+LOSS_KINDS: dict[str, tuple[str, ...]] = {
+    "opd": ("sampled_rkl", "reverse_kl", "forward_kl", "gjsd"),
+    "rl": ("grpo",),
+    "sft": ("cross_entropy",),
+}
+FULL_VOCABULARY_KINDS = ("reverse_kl", "forward_kl", "gjsd")
+
+
 class LossConfig(Section):
-    kind: Literal["sampled_rkl", "reverse_kl", "forward_kl", "gjsd"] = Field(
-        "sampled_rkl",
-        description="sampled_rkl: per-token advantage log p_T - log p_S (paper's code); the others "
-        "are full-vocabulary divergences, backpropagated directly.",
+    kind: Literal["sampled_rkl", "reverse_kl", "forward_kl", "gjsd", "grpo", "cross_entropy"] | None = Field(
+        None,
+        description="opd: sampled_rkl (per-token advantage log p_T - log p_S, the paper's code) or "
+        "a full-vocabulary divergence reverse_kl, forward_kl, gjsd; rl: grpo; sft: cross_entropy. "
+        "null = the method's default (the first).",
     )
     beta: float = Field(
         0.5, ge=0, le=1, description="GJSD mixture weight (0 = forward KL, 1 = RKL)."
@@ -123,7 +134,7 @@ class LossConfig(Section):
 
     @model_validator(mode="after")
     def _topk_needs_full_vocabulary(self) -> LossConfig:
-        if self.teacher_topk is not None and self.kind == "sampled_rkl":
+        if self.teacher_topk is not None and self.kind not in FULL_VOCABULARY_KINDS:
             raise ValueError(
                 "loss.teacher_topk applies only to reverse_kl, forward_kl or gjsd; "
                 "set loss.kind to one of them or remove loss.teacher_topk"
@@ -304,8 +315,26 @@ class Config(Section):
     dynamics: DynamicsConfig = DynamicsConfig()
     lora: LoraConfig = LoraConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_default_loss(cls, raw: Any) -> Any:
+        """An unset loss.kind becomes the method's default, so the saved config names it."""
+        if not isinstance(raw, dict):
+            return raw
+        train, loss = raw.get("train") or {}, raw.get("loss") or {}
+        method = train.get("method", "opd") if isinstance(train, dict) else train.method
+        if isinstance(loss, dict) and loss.get("kind") is None and method in LOSS_KINDS:
+            return {**raw, "loss": {**loss, "kind": LOSS_KINDS[method][0]}}
+        return raw
+
     @model_validator(mode="after")
     def _sections_agree(self) -> Config:
+        kinds = LOSS_KINDS[self.train.method]
+        if self.loss.kind not in kinds:
+            raise ValueError(
+                f"loss.kind '{self.loss.kind}' does not fit train.method '{self.train.method}'; "
+                f"use {' or '.join(kinds)} (or leave loss.kind unset for the method's default)"
+            )
         self._lora_and_teacher_prompt_agree()
         self._vocab_map_needs_sampled_tokens()
         if self.train.micro_batches > self.rollout.prompts_per_step:

@@ -18,10 +18,10 @@ from rich.table import Table
 
 from foresight.config import Config, load_config
 from foresight.errors import UserError
-from foresight.evaluate import evaluate
+from foresight.train.evaluate import evaluate
 from foresight.log import read_metrics
 from foresight.models import load_model, load_tokenizer
-from foresight.opd.train import train
+from foresight.train.loop import train
 from foresight.tasks import load_task
 
 TEST_PROMPTS = 500

@@ -28,11 +28,11 @@ from foresight.config import Config, load_config
 from foresight.demo import free_run_dir
 from foresight.dynamics.collect import torch_threads
 from foresight.errors import UserError
-from foresight.evaluate import evaluate
+from foresight.train.evaluate import evaluate
 from foresight.lora import load_student
 from foresight.models import load_model, load_tokenizer
-from foresight.opd.rollout import decode_completions, sample
-from foresight.opd.train import train
+from foresight.train.rollout import decode_completions, sample
+from foresight.train.loop import train
 from foresight.tasks import Example, Task, load_task
 
 MODEL_DIR = Path("models/smollm2-135m-instruct")

@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.config import Config, LoraConfig
-from foresight.dynamics.lora_series import is_lora_checkpoint
+from foresight.checkpoint import is_lora_checkpoint
 from foresight.errors import UserError
 from foresight.models import load_model, load_tokenizer
 

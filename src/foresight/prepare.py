@@ -17,9 +17,9 @@ from pathlib import Path
 
 from foresight.config import Config, TaskConfig
 from foresight.errors import UserError
-from foresight.evaluate import evaluate
+from foresight.train.evaluate import evaluate
 from foresight.models import build_char_tokenizer, build_tiny_model, load_model, load_tokenizer
-from foresight.opd.train import train
+from foresight.train.loop import train
 from foresight.tasks import load_task
 
 # Optimizer steps of the supervised run at which the base and the teacher are taken, per task.

@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from foresight.config import TaskConfig
-from foresight.dynamics.command import analyze_command
+from foresight.analyze_command import analyze_command
 from foresight.errors import UserError
 
 from .series import DistanceScorer, write_series
@@ -56,7 +56,7 @@ def test_registering_the_command_stays_light():
     import sys
 
     code = (
-        "import sys, foresight.dynamics.command; "
+        "import sys, foresight.analyze_command; "
         "print(any(m in sys.modules for m in ('torch', 'matplotlib')))"
     )
     output = subprocess.run(
@@ -106,9 +106,9 @@ def test_probes_use_the_task_scorer(app, llama_series, recorded, tmp_path, monke
         calls.append((task, model_dir, n_prompts, teacher_dir))
         return scorer
 
-    fake = types.ModuleType("foresight.evaluate")
+    fake = types.ModuleType("foresight.train.evaluate")
     fake.task_scorer = task_scorer
-    monkeypatch.setitem(sys.modules, "foresight.evaluate", fake)
+    monkeypatch.setitem(sys.modules, "foresight.train.evaluate", fake)
     run = checkpoints[0][1].parent.parent
     settings = ["--set", "dynamics.probes=[scaling]", "--set", "dynamics.n_prompts=8"]
     result = invoke(app, run, "--probes", *settings, "--out", tmp_path / "p")

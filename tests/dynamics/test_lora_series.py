@@ -16,7 +16,7 @@ from foresight.dynamics.analysis import analyze
 from foresight.dynamics.lora_series import LoraFolder, open_checkpoint
 from foresight.dynamics.reading import ModelFolder
 from foresight.errors import UserError
-from foresight.opd.train import train
+from foresight.train.loop import train
 
 from .series import DistanceScorer
 

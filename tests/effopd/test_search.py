@@ -18,7 +18,7 @@ from foresight.effopd.extrapolate import selected_parameters, snapshot
 from foresight.effopd.search import EffOPD, is_search_step
 from foresight.log import read_metrics
 from foresight.models import load_model
-from foresight.opd.train import train
+from foresight.train.loop import train
 
 SIZES = dict(
     vocab_size=32,

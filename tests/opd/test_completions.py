@@ -11,9 +11,9 @@ import json
 import torch
 from builders import micro_config
 
-from foresight.opd import completions
-from foresight.opd.rollout import decode_completions, teacher_forced
-from foresight.opd.train import make_batch, setup, train
+from foresight.train import completions
+from foresight.train.rollout import decode_completions, teacher_forced
+from foresight.train.loop import make_batch, setup, train
 
 
 def test_teacher_completions_are_cached_and_reused_on_resume(micro_pair, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from builders import micro_config
 
-from foresight.opd.train import setup, train_step
+from foresight.train.loop import setup, train_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

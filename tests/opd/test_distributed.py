@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from foresight.cli import main
 from foresight.config import config_to_yaml
 from foresight.log import read_metrics
-from foresight.opd.train import train as train_in_process
+from foresight.train.loop import train as train_in_process
 
 TOLERANCE = 1e-5
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from foresight.opd.loss import clipped_policy_loss, group_advantages, k3_kl, reverse_kl
+from foresight.train.loss import clipped_policy_loss, group_advantages, k3_kl, reverse_kl
 
 
 def test_equal_rewards_in_a_group_give_zero_advantages():

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from foresight.config import load_config
-from foresight.evaluate import accuracy
-from foresight.opd.rollout import decode_completions, sample
-from foresight.opd.train import Trainer, setup, train_step
+from foresight.train.evaluate import accuracy
+from foresight.train.rollout import decode_completions, sample
+from foresight.train.loop import Trainer, setup, train_step
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS, STEPS, PROMPTS = (0, 1, 2, 3), 10, 256

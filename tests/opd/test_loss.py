@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from foresight.opd.loss import (
+from foresight.train.loss import (
     divergence,
     forward_kl,
     generalized_jsd,

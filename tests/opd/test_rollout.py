@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from foresight.models import build_char_tokenizer, load_model, load_tokenizer
-from foresight.opd.loss import masked_sum_loss
-from foresight.opd.rollout import decode_completions, sample, teacher_forced
-from foresight.opd.scoring import score_tokens
+from foresight.train.loss import masked_sum_loss
+from foresight.train.rollout import decode_completions, sample, teacher_forced
+from foresight.train.scoring import score_tokens
 
 
 class ScriptedModel(torch.nn.Module):
@@ -154,7 +154,7 @@ def test_sampling_stops_at_every_end_token_of_the_generation_config(micro_pair, 
 
     from transformers import GenerationConfig
 
-    from foresight.opd.rollout import ended_with_eos
+    from foresight.train.rollout import ended_with_eos
 
     folder = tmp_path / "two_ends"
     shutil.copytree(micro_pair[0], folder)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from foresight.models import load_model, load_tokenizer
-from foresight.opd.rollout import encode_prompts, left_pad, positions, sample
-from foresight.opd.scoring import score_tokens
+from foresight.train.rollout import encode_prompts, left_pad, positions, sample
+from foresight.train.scoring import score_tokens
 
 PROMPTS = ["1+2=", "12+3=", "7=", "45+67+8=", "9+9=", "3+40="]
 
@@ -124,7 +124,7 @@ def _decoder(kind: str, vocab: int) -> torch.nn.Module:
 def test_other_decoders_match_brute_force_reference(micro_pair, kind, monkeypatch):
     """Llama and Qwen2 through the lean decoder; "library": a Qwen3 forced through the model's own
     forward (the path a LoRA-wrapped or unsupported model takes)."""
-    from foresight.opd import fast_decode, rollout
+    from foresight.train import fast_decode, rollout
 
     tokenizer = load_tokenizer(micro_pair[0], "student")
     if kind == "library":
@@ -151,7 +151,7 @@ def test_lora_students_sample_exactly_through_the_lean_decoder(micro_pair, how):
     with B·A merged into its fused weights, and draws the brute-force reference's tokens."""
     import peft
 
-    from foresight.opd.fast_decode import supports
+    from foresight.train.fast_decode import supports
 
     lora = peft.LoraConfig(target_modules=["q_proj", "v_proj", "down_proj"], r=2, lora_alpha=4)
     base = load_model(micro_pair[0], "student").double()
@@ -183,7 +183,7 @@ def test_lora_students_sample_exactly_through_the_lean_decoder(micro_pair, how):
 def test_adapters_the_lean_decoder_cannot_merge_use_the_library_forward(micro_pair):
     import peft
 
-    from foresight.opd.fast_decode import supports
+    from foresight.train.fast_decode import supports
 
     for lora in (
         peft.LoraConfig(target_modules=["q_proj"], r=2, lora_dropout=0.1),
@@ -195,7 +195,7 @@ def test_adapters_the_lean_decoder_cannot_merge_use_the_library_forward(micro_pa
 def test_lean_decoder_under_bfloat16_autocast_stays_close_to_the_model(micro_pair):
     """model.dtype=bfloat16 samples under autocast: the lean decoder casts its fused weights once
     and must then agree with the model's own forward under the same autocast (to bf16 precision)."""
-    from foresight.opd.fast_decode import LeanDecoder
+    from foresight.train.fast_decode import LeanDecoder
 
     model = load_model(micro_pair[0], "student").eval()
     tokenizer = load_tokenizer(micro_pair[0], "student")

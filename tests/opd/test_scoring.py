@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from foresight.models import load_model, load_tokenizer
-from foresight.opd.loss import masked_sum_loss
-from foresight.opd.rollout import sample
-from foresight.opd.scoring import score_tokens
+from foresight.train.loss import masked_sum_loss
+from foresight.train.rollout import sample
+from foresight.train.scoring import score_tokens
 
 
 def plain_divergence(kind: str, student_logp, teacher_logp, beta: float) -> torch.Tensor:

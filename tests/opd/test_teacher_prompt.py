@@ -10,10 +10,10 @@ import torch
 from builders import micro_config
 
 from foresight.config import Config
-from foresight.opd.completions import step_examples
-from foresight.opd.rollout import encode_prompts
-from foresight.opd.scoring import score_tokens, teacher_hidden_states
-from foresight.opd.train import make_batch, setup, train_step
+from foresight.train.rollout import step_examples
+from foresight.train.rollout import encode_prompts
+from foresight.train.scoring import score_tokens, teacher_hidden_states
+from foresight.train.loop import make_batch, setup, train_step
 
 TEMPLATE = "9*9=81,{prompt}"  # arith characters only, so the char tokenizer knows every one
 

@@ -14,9 +14,9 @@ import torch
 
 from foresight.config import Config, load_config
 from foresight.errors import UserError
-from foresight.opd.loss import divergence, selected_logprobs, teacher_topk, topk_divergence
-from foresight.opd.rollout import teacher_forced
-from foresight.opd.scoring import sampled_logprobs, score_tokens
+from foresight.train.loss import divergence, selected_logprobs, teacher_topk, topk_divergence
+from foresight.train.rollout import teacher_forced
+from foresight.train.scoring import sampled_logprobs, score_tokens
 
 KINDS = [("reverse_kl", 0.5), ("forward_kl", 0.5), ("gjsd", 0.3), ("gjsd", 0.0), ("gjsd", 1.0)]
 
@@ -199,7 +199,7 @@ def test_selected_logprobs_matches_log_softmax_and_its_gradient():
 def test_tail_gradient_is_finite_when_the_top_k_mass_rounds_to_one_in_float32():
     # log_mass in [-3e-8, -1e-20]: e^x rounds to 1 in float32, where the far branch's backward
     # divides 0 by 0; the gradient must still be finite and equal the float64 one.
-    from foresight.opd.loss import log1mexp
+    from foresight.train.loss import log1mexp
 
     x = torch.tensor([-1e-20, -1e-9, -1e-8, -3e-8, -1e-7, -0.5, -2.0], requires_grad=True)
     log1mexp(x).sum().backward()

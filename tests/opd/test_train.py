@@ -11,8 +11,8 @@ import pytest
 import torch
 from builders import micro_config
 
-from foresight.opd.fast_decode import LeanDecoder
-from foresight.opd.train import make_batch, micro_batch_loss, setup, train_step
+from foresight.train.fast_decode import LeanDecoder
+from foresight.train.loop import make_batch, micro_batch_loss, setup, train_step
 
 
 @pytest.mark.parametrize("kind", ["sampled_rkl", "reverse_kl", "forward_kl", "gjsd"])

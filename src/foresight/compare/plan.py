@@ -37,8 +37,8 @@ EARLY_PROGRESS = 0.3  # the paper's "first 30% of training"
 # What each method needs beyond `train.method` before the user's own `set` overrides.
 METHOD_DEFAULTS: dict[str, list[str]] = {
     "opd": [],
-    "rl": [],
-    "sft": ["train.sft_source=teacher"],  # sequence-level distillation: the teacher's samples
+    "rl": ["loss.kind=grpo"],
+    "sft": ["loss.kind=cross_entropy", "train.sft_source=teacher"],  # sequence-level distillation
 }
 
 

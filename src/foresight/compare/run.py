@@ -89,7 +89,7 @@ def _check_plan(out: Path, settings: CompareConfig, runs: list[PlannedRun]) -> N
 
 
 def _train(run: PlannedRun, console: Console) -> None:
-    from foresight.opd.train import train
+    from foresight.train.loop import train
 
     run_dir = Path(run.cfg.train.out_dir)
     checkpoints = list_checkpoints(run_dir) if run_dir.exists() else []
@@ -102,7 +102,7 @@ def _train(run: PlannedRun, console: Console) -> None:
 
 def _analyze(run: PlannedRun, out: Path, settings: CompareConfig, console: Console) -> None:
     from foresight.dynamics.analysis import analyze
-    from foresight.evaluate import task_scorer
+    from foresight.train.evaluate import task_scorer
 
     summary_path = out / "metrics.json"
     checkpoints = list_checkpoints(Path(run.cfg.train.out_dir))

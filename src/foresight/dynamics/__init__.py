@@ -5,7 +5,7 @@
     checkpoints_of(run_dir) -> [(step, folder), ...]
 
 CLI: `foresight analyze BASE CKPT...`, `foresight analyze RUN`,
-`foresight analyze --compare RUN...` (foresight.dynamics.command).
+`foresight analyze --compare RUN...` (foresight.analyze_command).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _HOMES = {
 def __getattr__(name: str) -> object:
     """Import the public names on first use (PEP 562).
 
-    The CLI imports foresight.dynamics.command at startup, which runs this file first; importing
+    The CLI imports foresight.analyze_command at startup, which runs this file first; importing
     torch and matplotlib here would slow down every `foresight` command, not just `analyze`.
     """
     if name not in _HOMES:

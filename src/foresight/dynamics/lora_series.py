@@ -23,18 +23,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from foresight.checkpoint import ADAPTER_CONFIG, is_lora_checkpoint
 from foresight.dynamics.reading import ModelFolder
 from foresight.errors import UserError
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # peft's saved key: <prefix><module path>.lora_A.weight (the adapter's name is dropped on save).
 _FACTOR = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B)(?:\.weight)?$")  # fmt: skip
-
-
-def is_lora_checkpoint(path: Path) -> bool:
-    """Whether a folder is a peft LoRA adapter (adapter_config.json beside its weights)."""
-    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def open_checkpoint(path: Path, base: ModelFolder) -> ModelFolder | LoraFolder:

@@ -35,7 +35,7 @@ def load_model(base_dir: Path) -> torch.nn.Module:
 def score_columns(scores: dict[str, float]) -> dict[str, float]:
     """A scorer's values as `score/<key>` columns, with an `eval/` namespace dropped.
 
-    `foresight.evaluate.task_scorer` reports `eval/accuracy`, a bare Scorer `accuracy`; both land
+    `foresight.train.evaluate.task_scorer` reports `eval/accuracy`, a bare Scorer `accuracy`; both land
     in `score/accuracy`, the column the probes' gain and figures read.
     """
     columns = {f"score/{key.removeprefix('eval/')}": float(value) for key, value in scores.items()}

@@ -17,7 +17,8 @@ import torch
 
 from foresight.config import DynamicsConfig
 from foresight.dynamics.patch import Scorer, WeightPatch
-from foresight.dynamics.reading import ATTENTION_KINDS, MLP_KINDS, ModelFolder, TensorInfo
+from foresight.dynamics.reading import ModelFolder, TensorInfo
+from foresight.module_names import ATTENTION_KINDS, MLP_KINDS
 
 Row = dict[str, object]
 Deltas = Iterator[tuple[str, torch.Tensor]]

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from foresight.dynamics.allocation import group_shares, shares, spearman
-from foresight.dynamics.reading import ATTENTION_KINDS, MLP_KINDS
+from foresight.module_names import ATTENTION_KINDS, MLP_KINDS
 
 Row = dict[str, object]
 # Columns that identify a row rather than measure something.

@@ -3,31 +3,37 @@
 Δ = W_t − anchor over the selected tensors; a candidate is W_t + m·Δ. After k accepted searches of
 the paper's grid the weights equal anchor + (2k+1)·Δ. Copies are exact, so undo is bit-for-bit.
 
-Under FSDP2 (opd/distributed.py) every tensor here is this rank's shard of a parameter: anchor and
-current weights share the sharding, so the element-wise arithmetic on shards is the arithmetic on
-the whole; only the norm needs a sum over ranks.
+Under FSDP2 every parameter is a DTensor and every tensor here is this rank's shard of it: anchor
+and current weights share the sharding, so the element-wise arithmetic on shards is the arithmetic
+on the whole; only the norm needs a sum over ranks.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
-from foresight.dynamics.reading import module_of
-from foresight.opd.distributed import local, sum_over_ranks
+from foresight.module_names import module_of
 
 Weights = dict[str, torch.Tensor]
 
 
-def selected_parameters(model: torch.nn.Module, kinds: list[str]) -> dict[str, torch.nn.Parameter]:
-    """The 2-D weights whose module kind (q, k, v, o, gate, up, down, ...) is in `kinds`.
+def extrapolated_names(model: torch.nn.Module, kinds: list[str]) -> list[str]:
+    """Names of the 2-D weights whose module kind (q, k, v, o, gate, up, down, ...) is in `kinds`.
 
     Embeddings, lm_head and norms are left out by the default kinds, as in the paper.
     """
-    chosen = {}
-    for name, param in model.named_parameters():
-        if param.ndim == 2 and module_of(name)[1] in kinds:
-            chosen[name] = param
-    return chosen
+    return [
+        name
+        for name, param in model.named_parameters()
+        if param.ndim == 2 and module_of(name)[1] in kinds
+    ]
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor parameter (a view: writing to it writes the parameter)."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def snapshot(params: dict[str, torch.nn.Parameter], device: str = "cpu") -> Weights:
@@ -52,7 +58,13 @@ def write_candidate(
         local(param).copy_(w_t + multiplier * (w_t - anchor[name]))
 
 
-def update_norm(current: Weights, anchor: Weights) -> float:
+def update_norm(params: dict[str, torch.nn.Parameter], current: Weights, anchor: Weights) -> float:
     """‖Δ‖_F over all selected tensors: how far training moved since the anchor."""
-    squares = sum(((current[n] - anchor[n]).double() ** 2).sum() for n in current)
-    return float(torch.sqrt(sum_over_ranks([float(squares)])[0]))
+    squares = torch.zeros((), dtype=torch.float64)
+    for name in current:
+        squares += ((current[name] - anchor[name]).double() ** 2).sum().cpu()
+    if any(isinstance(p, DTensor) for p in params.values()):  # the shards' squares, summed
+        total = squares.to(next(iter(params.values())).device)
+        dist.all_reduce(total)
+        squares = total.cpu()
+    return float(torch.sqrt(squares))

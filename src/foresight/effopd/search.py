@@ -5,7 +5,9 @@ try W_t + m·Δ for m in the candidate list, in order; accept while the validati
 (>=, or strict > as in the official code), stop at the first failure; keep the last accepted weights
 (or W_t if none). The anchor then becomes the kept weights. The optimizer state is not touched.
 
-The trainer calls `on_step_end(step, model)`; `EffOPDCallback` adapts it to Hugging Face trainers.
+A leaf: it takes the model, the names of the tensors to extrapolate and a validator, and imports
+nothing from the trainer. `foresight train` calls `on_step_end(step, model)`; `EffOPDCallback`
+adapts it to Hugging Face trainers (transformers.Trainer, TRL).
 """
 
 from __future__ import annotations
@@ -15,23 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import TrainerCallback
 
 from foresight.config import EffOPDConfig
-from foresight.effopd.extrapolate import (
-    selected_parameters,
-    snapshot,
-    update_norm,
-    write,
-    write_candidate,
-)
+from foresight.effopd.extrapolate import snapshot, update_norm, write, write_candidate
 from foresight.errors import UserError
-from foresight.evaluate import accuracy, mean_reverse_kl
-from foresight.opd.rollout import decode_completions, sample
-from foresight.tasks import Example, Task
 
-# validator(model, step) -> score(model) for this search. Higher is better.
-Validator = Callable[[torch.nn.Module, int], Callable[[torch.nn.Module], float]]
+# validator(step) -> score(model) for the search at `step`; higher is better. A search scores W_t
+# first, then each candidate; a validator may fix per-search data (completions to score, a seed).
+Validator = Callable[[int], Callable[[torch.nn.Module], float]]
 
 
 def is_search_step(cfg: EffOPDConfig, step: int) -> bool:
@@ -40,58 +34,20 @@ def is_search_step(cfg: EffOPDConfig, step: int) -> bool:
     return step % cfg.every == 0
 
 
-def make_validator(
-    signal: str,
-    task: Task,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: list[Example],
-    max_new_tokens: int,
-    seed: int,
-    teacher: PreTrainedModel | None = None,
-) -> Validator:
-    """The validation score V of a search.
-
-    accuracy: share of verified one-sample (T=1) completions, the paper's V. All candidates of one
-      search draw from the same seed (common random numbers), which removes part of the noise.
-    kl: minus the full-vocabulary reverse KL to the teacher, teacher-forced on completions sampled
-      once per search from W_t: dense, needs no verifier, and far less noisy.
-    """
-    prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
-
-    def begin(model: torch.nn.Module, step: int) -> Callable[[torch.nn.Module], float]:
-        search_seed = seed * 1_000_003 + step
-        if signal == "accuracy":
-
-            def score(candidate: torch.nn.Module) -> float:
-                generator = torch.Generator().manual_seed(search_seed)
-                rollout = sample(candidate, tokenizer, prompts, max_new_tokens, 1.0, generator)
-                return accuracy(task, decode_completions(tokenizer, rollout), answers)
-
-            return score
-        rollout = sample(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens,
-            1.0,
-            torch.Generator().manual_seed(search_seed),
-        )
-        return lambda candidate: -mean_reverse_kl(candidate, teacher, rollout)
-
-    return begin
-
-
 class EffOPD:
     """Holds the anchor of the extrapolated tensors and runs the search at trigger steps."""
 
-    def __init__(self, cfg: EffOPDConfig, model: torch.nn.Module, validator: Validator) -> None:
+    def __init__(
+        self, cfg: EffOPDConfig, model: torch.nn.Module, names: list[str], validator: Validator
+    ) -> None:
         self.cfg, self.validator = cfg, validator
-        self.params = selected_parameters(model, cfg.modules)
-        if not self.params:
+        if not names:
             raise UserError(
                 f"effopd.modules {cfg.modules} select no 2-D weight of this model; use "
                 "kinds among q, k, v, o, gate, up, down."
             )
+        params = dict(model.named_parameters())
+        self.params = {name: params[name] for name in names}
         self.anchor = snapshot(self.params)
         self.history: list[dict[str, Any]] = []
 
@@ -102,7 +58,7 @@ class EffOPD:
         started = time.perf_counter()
         was_training = model.training
         model.eval()
-        score = self.validator(model, step)
+        score = self.validator(step)
         current = snapshot(self.params)
         initial = best = score(model)
         accepted, scores = 0.0, {}
@@ -119,7 +75,7 @@ class EffOPD:
             write_candidate(self.params, current, self.anchor, accepted)
         else:
             write(self.params, current)  # exact undo: W_t bit for bit
-        delta_norm = update_norm(current, self.anchor)
+        delta_norm = update_norm(self.params, current, self.anchor)
         self.anchor = snapshot(self.params)
         model.train(was_training)
         record = {

@@ -1,7 +1,7 @@
-"""What one training step reads, made once: `Trainer` and `setup(cfg)` (task, tokenizer, student
-(LoRA-wrapped, FSDP2-sharded where asked), teacher or reference, optimizer, schedule, SFT cache).
+"""What one training step reads, made once: `Trainer` and `setup(cfg, dist)` (task, tokenizer,
+student (LoRA-wrapped, FSDP2-sharded under torchrun), teacher or reference, optimizer, schedule).
 
-The loop itself is in train.py.
+The loop itself is in loop.py.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from foresight.config import Config, OptimConfig
 from foresight.errors import UserError
 from foresight.lora import trainable_parameters, wrap_student
 from foresight.models import load_model, load_tokenizer, paired_teacher
-from foresight.opd.attention import cpu_attention_for
-from foresight.opd.completions import TeacherCompletions
-from foresight.opd.distributed import shard_student
-from foresight.opd.host_memory import reuse_freed_memory
-from foresight.opd.rms_norm import cpu_norms_for
 from foresight.tasks import Task, load_task
+from foresight.train.distributed import Distributed
+from foresight.train.loss import OBJECTIVES, Objective
+from foresight.train.sft_batches import TeacherCompletions
 
 
 @dataclass
@@ -37,11 +35,20 @@ class Trainer:
     tokenizer: PreTrainedTokenizerBase
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    teacher_cache: TeacherCompletions | None  # sft from teacher: completions cached in the run
+    objective: Objective  # loss.OBJECTIVES[(train.method, loss.kind)]
+    dist: Distributed  # a no-op in one process
+    teacher_cache: TeacherCompletions | None = None  # sft from teacher: set once the folder exists
 
-    def scored_against(self) -> PreTrainedModel | None:
+    @property
+    def frozen(self) -> PreTrainedModel | None:
         """The frozen model scored beside the student: the teacher (opd) or the reference (rl)."""
         return self.teacher if self.cfg.train.method == "opd" else self.reference
+
+    def compute(self) -> torch.autocast:
+        """bfloat16 autocast for the student's passes when model.dtype asks for it; the frozen
+        models compute in their own dtype (scoring.own_dtype)."""
+        device_type = self.student.device.type
+        return torch.autocast(device_type, torch.bfloat16, self.cfg.model.dtype == "bfloat16")
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
@@ -56,8 +63,9 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
     return factor
 
 
-def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
+def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None = None) -> Trainer:
     """Load task, models and optimizer; `student_dir` overrides model.student (used by resume)."""
+    dist = dist or Distributed()
     task = load_task(cfg.task)
     torch.manual_seed(cfg.train.seed)  # anything not driven by an explicit generator
     resumed_from = student_dir
@@ -66,7 +74,7 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
     weights_dir = cfg.model.student if cfg.lora.enabled else student_dir
     tokenizer = load_tokenizer(weights_dir, "student", cfg.model.chat_template)
     # Student weights stay float32 (AdamW's updates at lr ~1e-6 vanish in bfloat16 weights);
-    # model.dtype=bfloat16 runs its forward passes under autocast instead (see `compute`).
+    # model.dtype=bfloat16 runs its forward passes under autocast instead (Trainer.compute).
     student = load_model(
         weights_dir,
         "student",
@@ -74,11 +82,9 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
         cfg.model.device,
         cfg.model.gradient_checkpointing,
     )
-    cpu_attention_for(student)  # float32 attention, compiled (attention.py)
-    cpu_norms_for(student)  # compiled RMSNorm forward and backward (rms_norm.py)
     if cfg.lora.enabled:  # only the adapters train (lora.py)
         student = wrap_student(student, cfg.lora, resumed_from)
-    student = shard_student(student)  # FSDP2 under torchrun; unchanged in one process
+    student = dist.shard(student)  # FSDP2 under torchrun; unchanged in one process
     teacher = reference = None
     if cfg.train.method == "opd" or (
         cfg.train.method == "sft" and cfg.train.sft_source == "teacher"
@@ -93,7 +99,6 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
                 cfg.model.teacher, "teacher", cfg.model.teacher_dtype, cfg.model.teacher_device
             )
         )
-        cpu_attention_for(teacher)
         teacher_tokenizer = load_tokenizer(cfg.model.teacher, "teacher", cfg.model.chat_template)
         # Read through model.vocab_map when the teacher has another vocabulary (vocab.py).
         teacher = paired_teacher(
@@ -101,11 +106,6 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
         )
     if cfg.train.method == "rl" and cfg.loss.kl_coef > 0:
         reference = frozen(load_model(cfg.model.student, "student", "float32", cfg.model.device))
-        cpu_attention_for(reference)
-    if any(
-        model.device.type == "cpu" for model in (student, teacher, reference) if model is not None
-    ):
-        reuse_freed_memory()  # large per-step CPU tensors are not faulted in again every step
     optimizer = torch.optim.AdamW(
         trainable_parameters(student),
         lr=cfg.optim.lr,
@@ -113,12 +113,10 @@ def setup(cfg: Config, student_dir: Path | None = None) -> Trainer:
         weight_decay=cfg.optim.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.train.steps))
-    cache = (
-        TeacherCompletions(cfg.train.out_dir)
-        if teacher is not None and cfg.train.method == "sft"
-        else None
+    objective = OBJECTIVES[(cfg.train.method, cfg.loss.kind)]
+    return Trainer(
+        cfg, task, student, teacher, reference, tokenizer, optimizer, scheduler, objective, dist
     )
-    return Trainer(cfg, task, student, teacher, reference, tokenizer, optimizer, scheduler, cache)
 
 
 def frozen(model: PreTrainedModel) -> PreTrainedModel:

@@ -1,17 +1,22 @@
-"""Pure tensor losses of OPD and its divergences. No models, no config objects: tensors in, tensors out.
+"""The losses of every method, as pure tensor functions, and `OBJECTIVES`: the one map from
+(train.method, loss.kind) to what scoring computes and which per-token loss it feeds.
 
 Conventions: `*_logprobs` are per-token log-probs of the sampled next tokens, shape (B, T);
-`*_logits` are (B, T, V); `mask` is (B, T) with 1 on completion tokens that are trained.
-Every loss returns a *sum* over masked tokens divided by `n_tokens`, the number of completion tokens
-in the whole optimizer step, so that splitting a step into micro-batches does not change it.
+`*_logits` are (B, T, V); `mask` is (B, T) with 1 on completion tokens that are trained. A per-token
+loss is reduced by `masked_sum_loss`: a *sum* over masked tokens divided by `n_tokens`, the number of
+completion tokens in the whole optimizer step, so splitting a step into micro-batches changes nothing.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from foresight.config import LossConfig
 
 
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -24,18 +29,16 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(at_least_float32(logits), dim=-1)
 
 
-def sampled_token_loss(
+def sampled_rkl(
     student_logprobs: torch.Tensor,
     teacher_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    n_tokens: int | torch.Tensor,
     clip_eps: float,
     old_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sampled-token reverse KL as a per-token advantage, PPO-clipped (paper §2, verl's OPD).
+    """Sampled-token reverse KL as a per-token advantage, PPO-clipped (paper §2, verl's OPD). (B, T).
 
     A_t = log p_T(y_t) - log p_old(y_t), detached; r_t = exp(log p_S(y_t) - log p_old(y_t));
-    loss = -Σ_t mask_t · min(r_t A_t, clip(r_t, 1-ε, 1+ε) A_t) / n_tokens.
+    per-token loss = -min(r_t A_t, clip(r_t, 1-ε, 1+ε) A_t).
 
     This is the score-function (REINFORCE) form: its gradient is E_y~p_S[(log p_S - log p_T) ∇ log p_S],
     the exact gradient of KL(p_S ‖ p_T). Backpropagating the raw log-ratio instead would give
@@ -44,28 +47,25 @@ def sampled_token_loss(
     """
     old = student_logprobs.detach() if old_logprobs is None else old_logprobs
     advantages = (teacher_logprobs - old).detach()  # (B, T)
-    return clipped_policy_loss(student_logprobs, advantages, mask, n_tokens, clip_eps, old)
+    return clipped_policy(student_logprobs, advantages, clip_eps, old)
 
 
-def clipped_policy_loss(
+def clipped_policy(
     student_logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
-    n_tokens: int | torch.Tensor,
     clip_eps: float,
     old_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """PPO-clip policy-gradient loss with token-level aggregation over the whole step.
+    """PPO-clip policy-gradient loss per token (B, T).
 
-    r_t = exp(log p_S(y_t) - log p_old(y_t));  loss = -Σ mask_t · min(r_t A_t, clip(r_t, 1±ε) A_t) / n_tokens.
-    `advantages` (B, T) are treated as constants; `old_logprobs` default to the detached current ones.
+    r_t = exp(log p_S(y_t) - log p_old(y_t));  per-token loss = -min(r_t A_t, clip(r_t, 1±ε) A_t).
+    `advantages` (B, T) are constants; `old_logprobs` default to the detached current ones.
     """
     old = student_logprobs.detach() if old_logprobs is None else old_logprobs
     advantages = advantages.detach()
     ratio = torch.exp(student_logprobs - old)  # (B, T)
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    per_token = -torch.minimum(ratio * advantages, clipped * advantages)  # (B, T)
-    return (per_token * mask).sum() / n_tokens
+    return -torch.minimum(ratio * advantages, clipped * advantages)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
@@ -89,28 +89,6 @@ def k3_kl(student_logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> t
     exp(log p_ref - log p_S) - (log p_ref - log p_S) - 1 >= 0, backpropagated directly. (B, T)."""
     log_ratio = reference_logprobs - student_logprobs
     return torch.exp(log_ratio) - log_ratio - 1.0
-
-
-def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary KL(p_S ‖ p_T) per position: Σ_v p_S(v) (log p_S(v) - log p_T(v)). (B, T)."""
-    return reverse_kl_of_logprobs(_log_softmax(student_logits), _log_softmax(teacher_logits))
-
-
-def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary KL(p_T ‖ p_S) per position: Σ_v p_T(v) (log p_T(v) - log p_S(v)). (B, T)."""
-    return forward_kl_of_logprobs(_log_softmax(student_logits), _log_softmax(teacher_logits))
-
-
-def generalized_jsd(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float
-) -> torch.Tensor:
-    """Generalized Jensen-Shannon divergence per position (GKD, Agarwal et al. 2024). (B, T).
-
-    m = β p_T + (1-β) p_S;  GJSD_β = β KL(p_T ‖ m) + (1-β) KL(p_S ‖ m).
-    The endpoints are degenerate (both terms vanish), so β = 0 is defined as forward KL and β = 1 as
-    reverse KL, the same convention as TRL's `generalized_jsd_loss`.
-    """
-    return gjsd_of_logprobs(_log_softmax(student_logits), _log_softmax(teacher_logits), beta)
 
 
 def reverse_kl_of_logprobs(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
@@ -195,16 +173,10 @@ def buckets_from_top(top_logp: torch.Tensor) -> torch.Tensor:
     return torch.cat([top_logp, tail_logp], dim=-1)
 
 
-def bucket_logprobs(logits: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-    """Log-probs of the k tokens `topk_ids` (B, C, k) and of one tail bucket holding the rest of
-    the mass: (B, C, k+1)."""
-    return buckets_from_top(selected_logprobs(logits, topk_ids))
-
-
 def teacher_topk(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's k most likely ids (B, C, k) and its (k+1)-bucket log-probs (B, C, k+1)."""
     topk_ids = teacher_logits.topk(min(k, teacher_logits.shape[-1]), dim=-1).indices  # (B, C, k)
-    return topk_ids, bucket_logprobs(teacher_logits, topk_ids)
+    return topk_ids, buckets_from_top(selected_logprobs(teacher_logits, topk_ids))
 
 
 DIVERGENCES = {
@@ -236,26 +208,52 @@ def bucket_divergence(
     return DIVERGENCES[kind](student_buckets, teacher_buckets, beta)
 
 
-def topk_divergence(
-    kind: str,
-    student_logits: torch.Tensor,
-    teacher_topk_ids: torch.Tensor,
-    teacher_buckets: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    """The divergence `kind` between the two distributions coarsened to k+1 buckets: the teacher's
-    top-k tokens, one by one, and the tail of every other token (B, T).
-
-    p̃(b) = p(b) for the k ids, p̃(tail) = 1 - Σ_k p(b), for both models, on the *teacher's* ids.
-    Coarsening never increases an f-divergence (data processing), so the top-k value is a lower
-    bound of the full one, exact at k = V, and close when the teacher's top k hold its mass.
-    """
-    student_buckets = bucket_logprobs(student_logits, teacher_topk_ids)
-    return bucket_divergence(kind, student_buckets, teacher_buckets, beta)
-
-
 def masked_sum_loss(
     per_token: torch.Tensor, mask: torch.Tensor, n_tokens: int | torch.Tensor
 ) -> torch.Tensor:
     """Σ mask · per_token / n_tokens: token-mean over the whole step (see module docstring)."""
     return (per_token * mask).sum() / n_tokens
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What a per-token loss reads, each (B, T-1) at positions predicting the next token."""
+
+    student_logprobs: torch.Tensor  # log p_S of the sampled tokens, with grad
+    frozen_logprobs: torch.Tensor | None  # log p of the teacher (opd) or reference (rl), no grad
+    divergence: torch.Tensor | None  # full-vocabulary divergence per position, with grad
+    advantages: torch.Tensor | None  # rl: the completion's group advantage, per token
+
+
+def _grpo(scores: Scores, cfg: LossConfig) -> torch.Tensor:
+    """GRPO: PPO-clip on group advantages, plus kl_coef · k3 KL to the reference when scored."""
+    per_token = clipped_policy(scores.student_logprobs, scores.advantages, cfg.clip_eps)
+    if scores.frozen_logprobs is not None:
+        per_token = per_token + cfg.kl_coef * k3_kl(scores.student_logprobs, scores.frozen_logprobs)
+    return per_token
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One (train.method, loss.kind) pair: what scoring computes, and the per-token loss of it."""
+
+    scores_frozen: bool  # score the frozen model (teacher or reference) beside the student
+    divergence: str | None  # a full-vocabulary divergence for scoring to compute, or None
+    per_token: Callable[[Scores, LossConfig], torch.Tensor]  # (B, T-1)
+
+
+def _full_vocabulary(kind: str) -> Objective:
+    return Objective(True, kind, lambda scores, cfg: scores.divergence)
+
+
+# The one place where a method and a loss kind become a loss (config.LOSS_KINDS lists the pairs).
+OBJECTIVES: dict[tuple[str, str], Objective] = {
+    ("opd", "sampled_rkl"): Objective(
+        True, None, lambda s, cfg: sampled_rkl(s.student_logprobs, s.frozen_logprobs, cfg.clip_eps)
+    ),
+    ("opd", "reverse_kl"): _full_vocabulary("reverse_kl"),
+    ("opd", "forward_kl"): _full_vocabulary("forward_kl"),
+    ("opd", "gjsd"): _full_vocabulary("gjsd"),
+    ("rl", "grpo"): Objective(True, None, _grpo),
+    ("sft", "cross_entropy"): Objective(False, None, lambda s, cfg: -s.student_logprobs),
+}

@@ -129,7 +129,7 @@ def _dynamics_config(raw: dict[str, Any], overrides: list[str]) -> DynamicsConfi
 
 def _scorer(run_cfg: dict[str, Any], task: str | None, base: Path, cfg: DynamicsConfig):
     """The task's Scorer (foresight.dynamics.patch.Scorer) for the probes."""
-    from foresight.evaluate import task_scorer
+    from foresight.train.evaluate import task_scorer
 
     if task is None and "task" not in run_cfg:
         raise UserError("--probes needs a task to score with; pass --task NAME.")

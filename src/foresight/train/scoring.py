@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from foresight.opd.distributed import is_sharded
-from foresight.opd.loss import (
+from foresight.train.distributed import is_sharded
+from foresight.train.loss import (
     at_least_float32,
     bucket_divergence,
     buckets_from_top,
@@ -23,8 +23,8 @@ from foresight.opd.loss import (
     selected_logprobs,
     token_logsumexp,
 )
-from foresight.opd.loss import teacher_topk as teacher_topk_buckets
-from foresight.opd.rollout import Rollout
+from foresight.train.loss import teacher_topk as teacher_topk_buckets
+from foresight.train.rollout import Rollout, StepBatch
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _teacher_chunk(
 def _chunk_scores(
     student_head: torch.nn.Module,
     teacher_head: torch.nn.Module | None,
-    kind: str,
+    kind: str | None,
     beta: float,
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor | None,
@@ -100,7 +100,7 @@ def _chunk_scores(
     activation checkpoint when they are small; a full-vocabulary divergence instead computes the
     teacher's logits here, so they are never stored for every chunk at once."""
     student_logits = head_logits(student_head, student_hidden)  # (B, C, V)
-    if teacher_head is not None and teacher_scores and kind != "sampled_rkl":
+    if teacher_head is not None and teacher_scores and kind is not None:
         teacher_logp, topk_ids, teacher_buckets = teacher_scores
         # The sampled token and the teacher's top k in one pass over the (B, C, V) logits.
         wanted = torch.cat([next_ids[..., None], topk_ids], dim=-1)  # (B, C, 1+k)
@@ -118,7 +118,7 @@ def _chunk_scores(
             teacher_logits = teacher_logits.to(student_logits.device)
         per_position = divergence(kind, student_logits, teacher_logits, beta)
         return student_logp, teacher_logp.to(student_logits.device), per_position
-    return student_logp, teacher_scores[0]  # sampled_rkl
+    return student_logp, teacher_scores[0]  # sampled tokens only
 
 
 def sampled_logprobs(
@@ -152,11 +152,19 @@ def teacher_hidden_states(
     return aligned
 
 
+def frozen_hidden_states(frozen: PreTrainedModel | None, batch: StepBatch) -> torch.Tensor | None:
+    """The frozen model's hidden states (B, T, H) of a step's batch, or None without one; after the
+    teacher's privileged prompts when the batch carries them (self-distillation)."""
+    if frozen is None:
+        return None
+    return teacher_hidden_states(frozen, batch.rollout, batch.teacher_rollout)
+
+
 def score_tokens(
     student: PreTrainedModel,
     rollout: Rollout,
     teacher: PreTrainedModel | None = None,
-    kind: str = "sampled_rkl",
+    kind: str | None = None,
     beta: float = 0.5,
     chunk_tokens: int = 64,
     teacher_hidden: torch.Tensor | None = None,
@@ -164,8 +172,8 @@ def score_tokens(
 ) -> TokenScores:
     """Student (with grad if enabled) and teacher (no grad) scores of the rollout's tokens.
 
-    kind = "sampled_rkl" gives sampled-token log-probs only; a full-vocabulary kind also gives the
-    per-position divergence, over the teacher's top `teacher_topk` tokens plus a tail bucket when
+    kind = None gives sampled-token log-probs only; a full-vocabulary divergence (loss.DIVERGENCES)
+    also gives the per-position divergence, over the teacher's top `teacher_topk` tokens plus a tail bucket when
     set (loss.py `topk_divergence`). `teacher_hidden` (B, T, H) may be passed in when computed.
     """
     # Position t predicts ids[:, t+1], so the first completion token is predicted at P-1. The
@@ -185,9 +193,9 @@ def score_tokens(
     for start in range(0, next_ids.shape[1], chunk_tokens):
         part = slice(start, start + chunk_tokens)
         teacher_scores = ()
-        if teacher_head is not None and (kind == "sampled_rkl" or teacher_topk is not None):
+        if teacher_head is not None and (kind is None or teacher_topk is not None):
             # Small teacher results, computed once here rather than again in the backward.
-            topk = None if kind == "sampled_rkl" else teacher_topk
+            topk = None if kind is None else teacher_topk
             teacher_scores = _teacher_chunk(
                 teacher_head, teacher_hidden[:, part], next_ids[:, part], topk, next_ids.device
             )

@@ -1,8 +1,13 @@
-"""Student sampling: prompts -> `Rollout` (token ids, masks, positions), batched with a KV cache.
+"""Where the on-policy methods' completions come from: the student samples, batched on the model's
+own forward and the library's KV cache (`DynamicCache`), for every architecture.
 
+  opd -- one completion per prompt (with a teacher prompt template, also the same completions after
+         the teacher's privileged prompts, for self-distillation)
+  rl  -- G completions per prompt, each with the task verifier's reward
 Prompts are left-padded so that every row's next token sits in the last column; completions are
 right-padded after their EOS. The completion mask is built from *when* a token was generated, not from
-its id, so a pad id equal to the EOS id can never unmask padding or mask the real EOS.
+its id, so a pad id equal to the EOS id can never unmask padding or mask the real EOS. Prompts and
+sampling seeds come from (run seed, step) only, so every step is reproducible.
 """
 
 from __future__ import annotations
@@ -12,8 +17,15 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from foresight.opd.fast_decode import LeanDecoder, supports
+from foresight.config import Config
+from foresight.tasks import Example, Task
 from foresight.templates import encode_chat_prompts, stop_ids, uses_chat
+
+
+def stream_seed(seed: int, step: int, stream: int) -> int:
+    """Independent, reproducible seeds per (run seed, step, stream):
+    0 = data order, 1 = student sampling, 2 = EffOPD validation prompts, 3 = teacher sampling."""
+    return (seed * 1_000_003 + step) * 4 + stream
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,14 @@ class Rollout:
         return rows
 
 
+@dataclass(frozen=True)
+class StepBatch:
+    rollout: Rollout
+    rewards: torch.Tensor | None  # (B·G,) verifier rewards in {0, 1}, rl only
+    # Self-distillation: the same completions after the teacher's privileged prompts.
+    teacher_rollout: Rollout | None = None
+
+
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
     """Token ids of each prompt: rendered with the chat template when chat is on (templates.py),
     else raw with BOS prepended when the tokenizer has one."""
@@ -74,28 +94,23 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-class _LibraryDecoder:
-    """Incremental forward passes through the model's own forward and the library's KV cache."""
-
-    def __init__(self, model: PreTrainedModel) -> None:
-        self.model, self.cache = model, DynamicCache()
-
-    def select(self, rows: torch.Tensor) -> None:
-        self.cache.batch_select_indices(rows)
-
-    def next_logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """Logits (b, V) after each row's last input; the LM head runs on that column only."""
-        output = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return output.logits[:, -1]
+def _next_logits(
+    model: PreTrainedModel,
+    cache: DynamicCache,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Logits (b, V) after each row's last input; the LM head runs on that column only."""
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return output.logits[:, -1]
 
 
 def _draw(
@@ -153,14 +168,10 @@ def _generate(
     prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     batch, width = prompt_ids.shape
-    decoder = (
-        LeanDecoder(model, batch, width + max_new_tokens)
-        if supports(model)
-        else _LibraryDecoder(model)
-    )
+    cache = DynamicCache()
     attention = prompt_mask  # (b, P + t): the rows still in the cache, in cache order
     position = positions(prompt_mask)
-    logits = decoder.next_logits(prompt_ids, attention, position)  # (B, V)
+    logits = _next_logits(model, cache, prompt_ids, attention, position)  # (B, V)
     next_position = position[:, -1:] + 1  # (b, 1)
     cached_rows = torch.arange(batch, device=device)  # (b,) batch row of each cache row
     alive = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
@@ -178,15 +189,15 @@ def _generate(
         still = alive[cached_rows]  # (b,)
         if not bool(still.all()):  # some cached rows just stopped: drop them from the cache
             keep = still.nonzero().squeeze(-1)
-            decoder.select(keep)
+            cache.batch_select_indices(keep)
             cached_rows, attention, next_position = (
                 cached_rows[keep],
                 attention[keep],
                 next_position[keep],
             )
         attention = torch.cat([attention, attention.new_ones(len(cached_rows), 1)], dim=1)
-        logits[cached_rows] = decoder.next_logits(
-            token[cached_rows, None], attention, next_position
+        logits[cached_rows] = _next_logits(
+            model, cache, token[cached_rows, None], attention, next_position
         )
         next_position = next_position + 1
     completion, completion_mask = completion[:, :generated], completion_mask[:, :generated]
@@ -237,3 +248,60 @@ def teacher_forced(
         torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1),
         prompt_ids.shape[1],
     )
+
+
+def teacher_prompts(template: str, prompts: list[str]) -> list[str]:
+    """Each prompt inside task.teacher_prompt_template (a plain replace: the template's other
+    braces, and the prompt's, stay as they are)."""
+    return [template.replace("{prompt}", prompt) for prompt in prompts]
+
+
+def privileged_rollout(
+    tokenizer: PreTrainedTokenizerBase, rollout: Rollout, prompts: list[str]
+) -> Rollout:
+    """`rollout`'s completions (ids, masks) after other prompts, encoded as the student's are
+    (chat template or BOS): what the teacher scores in self-distillation. ids (B, P' + G)."""
+    prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
+    width = rollout.prompt_width
+    completion_attention = rollout.attention_mask[:, width:].to(prompt_mask.device)  # (B, G)
+    completion_mask = rollout.completion_mask[:, width:].to(prompt_mask.device)  # (B, G)
+    attention_mask = torch.cat([prompt_mask, completion_attention], dim=1)  # (B, P' + G)
+    return Rollout(
+        torch.cat([prompt_ids, rollout.ids[:, width:].to(prompt_ids.device)], dim=1),
+        attention_mask,
+        positions(attention_mask),
+        torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1),
+        prompt_ids.shape[1],
+    )
+
+
+def step_examples(task: Task, cfg: Config, step: int) -> list[Example]:
+    return task.sample("train", cfg.rollout.prompts_per_step, stream_seed(cfg.train.seed, step, 0))
+
+
+def student_batch(
+    student: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: list[Example],
+    cfg: Config,
+    seed: int,
+) -> StepBatch:
+    """On-policy samples drawn from `seed`; for rl, G per prompt (rows grouped by prompt) with
+    their rewards. The caller puts the student in eval mode."""
+    group = cfg.rollout.group_size
+    prompts = [e.prompt for e in examples for _ in range(group)]
+    generator = torch.Generator().manual_seed(seed)
+    rollout = sample(
+        student, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, generator
+    )
+    if cfg.task.teacher_prompt_template is not None:  # opd only (config check)
+        privileged = teacher_prompts(cfg.task.teacher_prompt_template, prompts)
+        return StepBatch(rollout, None, privileged_rollout(tokenizer, rollout, privileged))
+    if cfg.train.method != "rl":
+        return StepBatch(rollout, None)
+    answers = [e.answer for e in examples for _ in range(group)]
+    completions = decode_completions(tokenizer, rollout)
+    verified = [float(task.verify(c, a)) for c, a in zip(completions, answers)]
+    rewards = torch.tensor(verified)  # (B·G,)
+    return StepBatch(rollout, rewards)

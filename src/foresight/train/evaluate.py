@@ -1,6 +1,7 @@
 """Held-out evaluation: greedy pass@1, one-sample accuracy at temperature 1, reverse KL to a teacher.
 
-Also `task_scorer`, the scorer the analysis suite's functional probes call on modified weights.
+Also the scores other parts call on modified weights: `task_scorer` for the analysis suite's
+functional probes, and `effopd_validator` for EffOPD's search.
 Evaluation prompts are a fixed, deterministic slice of the task's val or test split.
 """
 
@@ -14,9 +15,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.config import TaskConfig
 from foresight.models import check_pair, load_model, load_tokenizer
-from foresight.opd.rollout import Rollout, decode_completions, sample
-from foresight.opd.scoring import score_tokens
-from foresight.tasks import Task, load_task
+from foresight.tasks import Example, Task, load_task
+from foresight.train.rollout import Rollout, decode_completions, sample
+from foresight.train.scoring import score_tokens
 
 Scorer = Callable[[torch.nn.Module], dict[str, float]]
 
@@ -119,3 +120,40 @@ def task_scorer(
         )
 
     return score
+
+
+def effopd_validator(
+    signal: str,
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    max_new_tokens: int,
+    seed: int,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel | None = None,
+) -> Callable[[int], Callable[[torch.nn.Module], float]]:
+    """EffOPD's validation score V (effopd/search.py `Validator`): step -> score(model).
+
+    accuracy: share of verified one-sample (T=1) completions, the paper's V. All candidates of one
+      search draw from the same seed (common random numbers), which removes part of the noise.
+    kl: minus the full-vocabulary reverse KL to the teacher, teacher-forced on completions sampled
+      once per search from the student's current weights W_t: dense, needs no verifier, far less
+      noisy.
+    """
+    prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
+
+    def begin(step: int) -> Callable[[torch.nn.Module], float]:
+        search_seed = seed * 1_000_003 + step
+        if signal == "accuracy":
+
+            def score(candidate: torch.nn.Module) -> float:
+                generator = torch.Generator().manual_seed(search_seed)
+                rollout = sample(candidate, tokenizer, prompts, max_new_tokens, 1.0, generator)
+                return accuracy(task, decode_completions(tokenizer, rollout), answers)
+
+            return score
+        generator = torch.Generator().manual_seed(search_seed)
+        rollout = sample(student, tokenizer, prompts, max_new_tokens, 1.0, generator)
+        return lambda candidate: -mean_reverse_kl(candidate, teacher, rollout)
+
+    return begin

@@ -1,0 +1,256 @@
+"""The one training loop, shared by every method: `train(cfg)` owns the loop, evaluation, logging,
+checkpoints and resume; `train_step` is one optimizer step; `setup` (setup.py) loads what it reads.
+
+Methods differ only in where completions come from and which loss scores them (loss.OBJECTIVES):
+  opd -- the student samples; the teacher scores every token; reverse KL (sampled-token or full-vocab)
+  rl  -- GRPO: G samples per prompt, verifier rewards, group-normalized advantages, PPO-clip,
+         optional k3 KL penalty to the starting model
+  sft -- worked solutions or cached teacher samples, teacher-forced; cross-entropy (`prepare` uses it)
+One OPD step reads through five files: cli.py -> loop.py -> rollout.py -> scoring.py -> loss.py.
+
+Run: foresight train configs/tiny.yaml --set train.steps=20
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from foresight.checkpoint import init_run_dir, load_trainer_state, resume_point, set_rng_state
+from foresight.config import Config
+from foresight.effopd.extrapolate import extrapolated_names
+from foresight.effopd.search import EffOPD
+from foresight.log import RunLogger
+from foresight.train.distributed import Distributed, grad_norm_value
+from foresight.train.evaluate import effopd_validator, evaluate
+from foresight.train.loss import OBJECTIVES, Scores, group_advantages, masked_sum_loss
+from foresight.train.rollout import StepBatch, step_examples, stream_seed, student_batch
+from foresight.train.scoring import frozen_hidden_states, score_tokens
+from foresight.train.setup import Trainer, setup
+from foresight.train.sft_batches import TeacherCompletions, sft_batch
+
+
+def make_batch(t: Trainer, step: int) -> StepBatch:
+    """The step's completions: the student's samples (opd, rl) or given ones (sft)."""
+    examples = t.dist.share(step_examples(t.task, t.cfg, step))  # this rank's prompts
+    if t.cfg.train.method == "sft":
+        return sft_batch(t.task, t.tokenizer, examples, t.cfg, step, t.teacher, t.teacher_cache)
+    seed = t.dist.seed(stream_seed(t.cfg.train.seed, step, 1))  # each rank draws its own
+    with t.dist.gathered(t.student):  # rows stop at EOS at different times on different ranks
+        return student_batch(t.student, t.tokenizer, t.task, examples, t.cfg, seed)
+
+
+def micro_batch_loss(
+    t: Trainer, batch: StepBatch, rows: slice, frozen_hidden, advantages, n_tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss of one micro-batch, divided by the step's token count (accumulation-safe), and the
+    detached log-ratio to the frozen model (B, T-1) for the KL metric, when it was scored."""
+    objective, loss_cfg = t.objective, t.cfg.loss
+    rollout = batch.rollout.rows(rows)
+    scores = score_tokens(
+        t.student,
+        rollout,
+        t.frozen if objective.scores_frozen else None,
+        objective.divergence,
+        loss_cfg.beta,
+        loss_cfg.chunk_tokens,
+        None if frozen_hidden is None else frozen_hidden[rows],
+        loss_cfg.teacher_topk,
+    )
+    student_logprobs = scores.student_logprobs  # (b, T-1)
+    # One advantage per completion (rl), shared by its tokens: (b,) -> (b, T-1).
+    if advantages is not None:
+        advantages = advantages[rows].to(student_logprobs.device)[:, None]
+        advantages = advantages.expand_as(student_logprobs)
+    inputs = Scores(student_logprobs, scores.teacher_logprobs, scores.divergence, advantages)
+    # (b, T-1): position t predicts ids[:, t+1], so the mask of ids shifts by one.
+    mask = rollout.completion_mask[:, 1:].to(student_logprobs.device, student_logprobs.dtype)
+    loss = masked_sum_loss(objective.per_token(inputs, loss_cfg), mask, n_tokens)
+    log_ratio = None
+    if scores.teacher_logprobs is not None:
+        log_ratio = (student_logprobs - scores.teacher_logprobs).detach() * mask
+    return loss, log_ratio
+
+
+def train_step(t: Trainer, step: int) -> dict[str, float]:
+    """One optimizer step: rollout -> frozen-model scoring -> student update. Returns plain floats."""
+    started = time.perf_counter()
+    t.student.eval()  # sampling: no dropout
+    with t.compute():
+        batch = make_batch(t, step)
+    sampled = time.perf_counter()
+    frozen_hidden = frozen_hidden_states(t.frozen if t.objective.scores_frozen else None, batch)
+    scored = time.perf_counter()
+    advantages = None
+    if batch.rewards is not None:
+        advantages = group_advantages(batch.rewards, t.cfg.rollout.group_size)  # (B·G,)
+    mask = batch.rollout.completion_mask[:, 1:]  # (B, T-1)
+    # Token-mean over the global batch: every rank divides by all ranks' token count, and scales
+    # its backward by N because FSDP averages the ranks' gradients (distributed.py).
+    n_tokens = t.dist.sum(mask.sum()).clamp(min=1)
+    losses, kl_sums = [], []  # detached, read once after the loop: no sync per micro-batch
+    t.student.train()  # the update
+    for part in torch.arange(mask.shape[0]).tensor_split(t.cfg.train.micro_batches):
+        rows = slice(int(part[0]), int(part[-1]) + 1)
+        with t.compute():
+            loss, log_ratio = micro_batch_loss(t, batch, rows, frozen_hidden, advantages, n_tokens)
+        (loss * t.dist.world).backward()
+        losses.append(loss.detach())
+        if log_ratio is not None:
+            kl_sums.append(log_ratio.sum())
+    total_loss, kl_sum = t.dist.sum([_total(losses), _total(kl_sums)]).tolist()
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        t.student.parameters(), t.cfg.optim.grad_clip or math.inf
+    )
+    lr = t.scheduler.get_last_lr()[0]
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    finished = time.perf_counter()
+    lengths = batch.rollout.completion_mask.sum(1).double()  # (B,)
+    stats = {
+        "loss": total_loss,
+        "rollout/len_mean": float(t.dist.sum(lengths.mean())) / t.dist.world,
+        "optim/lr": lr,
+        "optim/grad_norm": grad_norm_value(grad_norm),
+        "time/step_s": finished - started,
+        "time/rollout_s": sampled - started,
+        "time/teacher_s": scored - sampled,
+        "time/student_s": finished - scored,
+        "tokens/completion": float(n_tokens),
+    }
+    if kl_sums:  # k1 estimate of the per-token KL to the teacher (opd) or reference (rl)
+        stats["kl/mean"] = kl_sum / float(n_tokens)
+    if batch.rewards is not None:
+        stats["reward/mean"] = float(t.dist.sum(batch.rewards.double().mean())) / t.dist.world
+    return stats
+
+
+def _total(parts: list[torch.Tensor]) -> float:
+    return float(torch.stack(parts).double().sum()) if parts else 0.0
+
+
+def run_eval(t: Trainer) -> dict[str, float]:
+    """Held-out metrics; under torchrun rank 0 evaluates the gathered model alone."""
+    cfg = t.cfg
+    with t.dist.gathered(t.student):
+        if not t.dist.main:
+            return {}
+        return evaluate(
+            t.student,
+            t.tokenizer,
+            t.task,
+            cfg.eval.split,
+            cfg.eval.n_prompts,
+            cfg.rollout.max_new_tokens,
+            cfg.eval.batch_size,
+            teacher=t.teacher if cfg.eval.teacher_kl else None,
+            sampled=cfg.eval.sampled,
+            seed=cfg.train.seed,
+        )
+
+
+def make_effopd(t: Trainer) -> EffOPD | None:
+    """The EffOPD hook, when enabled; its validation prompts are fixed for the run."""
+    cfg = t.cfg
+    if not cfg.effopd.enabled:
+        return None
+    examples = t.task.sample("train", cfg.effopd.n_prompts, stream_seed(cfg.train.seed, 0, 2))
+    validator = effopd_validator(
+        cfg.effopd.signal,
+        t.task,
+        t.tokenizer,
+        examples,
+        cfg.rollout.max_new_tokens,
+        cfg.train.seed,
+        t.student,
+        t.teacher,
+    )
+
+    def search_score(step: int):
+        with t.dist.gathered(t.student):  # the kl signal samples from W_t here
+            score = validator(step)
+        return t.dist.scorer(score)
+
+    names = extrapolated_names(t.student, cfg.effopd.modules)
+    return EffOPD(cfg.effopd, t.student, names, search_score)
+
+
+def is_checkpoint_step(cfg: Config, step: int) -> bool:
+    return (
+        step % cfg.train.checkpoint_every == 0
+        or step in cfg.train.checkpoint_at
+        or step == cfg.train.steps
+    )
+
+
+def save(t: Trainer, effopd: EffOPD | None, cfg: Config, step: int) -> None:
+    """Checkpoint `step` with the user's config `cfg` (not this rank's devices)."""
+    state = {"scheduler": t.scheduler.state_dict()}
+    if effopd is not None:
+        state["effopd"] = effopd.state_dict()
+    t.dist.save(cfg.train.out_dir, step, t.student, t.tokenizer, cfg, t.optimizer, state)
+
+
+def restore(t: Trainer, effopd: EffOPD | None, checkpoint: Path) -> None:
+    """Optimizer, scheduler, RNG and EffOPD state; under FSDP2 each rank cuts out its shards."""
+    state = load_trainer_state(checkpoint)
+    t.dist.load_optimizer(t.student, t.optimizer, state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    if effopd is not None:
+        effopd.load_state_dict(state["effopd"])
+        effopd.anchor = t.dist.local_anchor(t.student, effopd.anchor)
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run (or resume) a training run; returns the run folder."""
+    threads_before = torch.get_num_threads()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    dist = Distributed.from_env(cfg.model.device)  # under torchrun: join the process group
+    try:
+        return _train(dist.check(cfg), cfg, dist, resume, overwrite)
+    finally:
+        torch.set_num_threads(threads_before)
+        dist.close()
+
+
+def _train(cfg: Config, saved_cfg: Config, dist: Distributed, resume: bool, overwrite: bool) -> Path:
+    # Everything that can reject the input runs before the run folder is touched.
+    run_dir = cfg.train.out_dir
+    start_step, checkpoint = resume_point(run_dir, saved_cfg, resume, overwrite)
+    t = setup(cfg, dist, student_dir=checkpoint)
+    if dist.main:
+        init_run_dir(run_dir, saved_cfg, overwrite)  # the user's devices, not this rank's
+    dist.barrier()  # the folder exists (and --overwrite emptied it) before any rank reads it
+    if t.teacher is not None and cfg.train.method == "sft":  # read after --overwrite emptied it
+        t.teacher_cache = TeacherCompletions(run_dir)
+    effopd = make_effopd(t)
+    if checkpoint is not None:
+        restore(t, effopd, checkpoint)
+    logger = RunLogger(run_dir, cfg.log, start_step, cfg.train.steps) if dist.main else None
+    try:
+        if start_step == 0:
+            _log(logger, 0, run_eval(t))
+        for step in range(start_step + 1, cfg.train.steps + 1):
+            stats = train_step(t, step)
+            if effopd is not None:
+                stats |= effopd.on_step_end(step, t.student)
+            if step % cfg.eval.every == 0 or step == cfg.train.steps:
+                stats |= run_eval(t)
+            _log(logger, step, stats)
+            if is_checkpoint_step(cfg, step):
+                save(t, effopd, saved_cfg, step)
+    finally:
+        if logger is not None:
+            logger.close()
+    return Path(run_dir)
+
+
+def _log(logger: RunLogger | None, step: int, stats: dict[str, float]) -> None:
+    if logger is not None:  # rank 0 alone writes metrics
+        logger.log(step, stats)
