@@ -23,7 +23,9 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/foresight demo
 
+# lint-imports checks the layers of docs/architecture.md (contract in pyproject.toml).
 test: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Rebuild the committed embedded base/teacher models from scratch (slow: tens of minutes).

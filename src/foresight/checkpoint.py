@@ -33,6 +33,15 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
 
 
+def free_run_dir(wanted: Path) -> Path:
+    """`wanted`, or the first `wanted-N` that does not exist: a demo never overwrites a run."""
+    candidate, index = wanted, 2
+    while candidate.exists():
+        candidate = wanted.with_name(f"{wanted.name}-{index}")
+        index += 1
+    return candidate
+
+
 def is_lora_checkpoint(path: Path) -> bool:
     """Whether a folder is a peft LoRA adapter (adapter_config.json beside its weights)."""
     return (Path(path) / ADAPTER_CONFIG).is_file()

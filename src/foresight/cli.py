@@ -69,7 +69,9 @@ def demo(
     set_: SetOption = [],
     out: Annotated[
         Path | None,
-        typer.Option(help="Run folder, default runs/demo or runs/demo-real (a free name is picked)."),
+        typer.Option(
+            help="Run folder, default runs/demo or runs/demo-real (a free name is picked)."
+        ),
     ] = None,
     effopd: Annotated[bool, typer.Option(help="Also run EffOPD beside plain OPD.")] = True,
     real: Annotated[
@@ -162,7 +164,9 @@ def import_gguf_(
 @app.command("eval")
 def eval_(
     model: Annotated[Path, typer.Argument(help="Model folder.")],
-    task: Annotated[str, typer.Option(help="Embedded task name or a JSONL/Parquet file.")] = "arith",
+    task: Annotated[
+        str, typer.Option(help="Embedded task name or a JSONL/Parquet file.")
+    ] = "arith",
     verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
     split: str = "test",
     n: Annotated[int, typer.Option(min=1, help="Held-out prompts.")] = 500,
@@ -175,9 +179,9 @@ def eval_(
     import json
 
     from foresight.config import TaskConfig
-    from foresight.train.evaluate import evaluate
     from foresight.models import check_pair, load_model, load_tokenizer
     from foresight.tasks import load_task
+    from foresight.train.evaluate import evaluate
 
     if split not in ("val", "test"):
         raise UserError(f"Unknown split '{split}'; use val or test.")

@@ -111,7 +111,9 @@ FULL_VOCABULARY_KINDS = ("reverse_kl", "forward_kl", "gjsd")
 
 
 class LossConfig(Section):
-    kind: Literal["sampled_rkl", "reverse_kl", "forward_kl", "gjsd", "grpo", "cross_entropy"] | None = Field(
+    kind: (
+        Literal["sampled_rkl", "reverse_kl", "forward_kl", "gjsd", "grpo", "cross_entropy"] | None
+    ) = Field(
         None,
         description="opd: sampled_rkl (per-token advantage log p_T - log p_S, the paper's code) or "
         "a full-vocabulary divergence reverse_kl, forward_kl, gjsd; rl: grpo; sft: cross_entropy. "

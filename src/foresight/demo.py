@@ -16,24 +16,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from foresight.checkpoint import free_run_dir
 from foresight.config import Config, load_config
 from foresight.errors import UserError
-from foresight.train.evaluate import evaluate
 from foresight.log import read_metrics
 from foresight.models import load_model, load_tokenizer
-from foresight.train.loop import train
 from foresight.tasks import load_task
+from foresight.train.evaluate import evaluate
+from foresight.train.loop import train
 
 TEST_PROMPTS = 500
-
-
-def free_run_dir(wanted: Path) -> Path:
-    """`wanted`, or the first `wanted-N` that does not exist: a demo never overwrites a run."""
-    candidate, index = wanted, 2
-    while candidate.exists():
-        candidate = wanted.with_name(f"{wanted.name}-{index}")
-        index += 1
-    return candidate
 
 
 def test_accuracy(cfg: Config, folder: Path, role: str, n_prompts: int) -> float:

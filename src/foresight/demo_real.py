@@ -24,16 +24,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from foresight.checkpoint import free_run_dir
 from foresight.config import Config, load_config
-from foresight.demo import free_run_dir
 from foresight.dynamics.collect import torch_threads
 from foresight.errors import UserError
-from foresight.train.evaluate import evaluate
 from foresight.lora import load_student
 from foresight.models import load_model, load_tokenizer
-from foresight.train.rollout import decode_completions, sample
-from foresight.train.loop import train
 from foresight.tasks import Example, Task, load_task
+from foresight.train.evaluate import evaluate
+from foresight.train.loop import train
+from foresight.train.rollout import decode_completions, sample
 
 MODEL_DIR = Path("models/smollm2-135m-instruct")
 TEST_PROMPTS = 48

@@ -19,8 +19,8 @@ import peft
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from foresight.config import Config, LoraConfig
 from foresight.checkpoint import is_lora_checkpoint
+from foresight.config import Config, LoraConfig
 from foresight.errors import UserError
 from foresight.models import load_model, load_tokenizer
 

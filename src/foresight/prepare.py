@@ -17,10 +17,10 @@ from pathlib import Path
 
 from foresight.config import Config, TaskConfig
 from foresight.errors import UserError
-from foresight.train.evaluate import evaluate
 from foresight.models import build_char_tokenizer, build_tiny_model, load_model, load_tokenizer
-from foresight.train.loop import train
 from foresight.tasks import load_task
+from foresight.train.evaluate import evaluate
+from foresight.train.loop import train
 
 # Optimizer steps of the supervised run at which the base and the teacher are taken, per task.
 # Chosen so that the base is weak (well over 30 points below the teacher) and the teacher strong.

@@ -115,7 +115,9 @@ def edge_layer_share(layers: list[dict]) -> float | None:
     if not layers:
         return None
     final_step = max(row["step"] for row in layers)
-    shares = {row["layer"]: row["dynamics/allocation"] for row in layers if row["step"] == final_step}
+    shares = {
+        row["layer"]: row["dynamics/allocation"] for row in layers if row["step"] == final_step
+    }
     if any(v is None for v in shares.values()) or not sum(shares.values()):
         return None
     n_layers = max(shares) + 1

@@ -137,7 +137,9 @@ def load_plan(
     if quick:
         seeds, steps, extra = compare.quick.seeds, compare.quick.steps, compare.quick.set
     schedule = checkpoint_schedule(steps, compare.early_checkpoints)
-    out_dir = compare.out_dir.with_name(compare.out_dir.name + "-quick") if quick else compare.out_dir
+    out_dir = (
+        compare.out_dir.with_name(compare.out_dir.name + "-quick") if quick else compare.out_dir
+    )
     runs = []
     for seed in seeds:
         for method, spec in compare.methods.items():

@@ -60,7 +60,8 @@ def write_report(
         f"{len(runs)} runs from the base {first.model.student} on task {first.task.name}: "
         f"{', '.join(measures)} with seeds {sorted({r.seed for r in runs})}, "
         f"{first.train.steps} optimizer steps of {first.rollout.prompts_per_step} prompts each, "
-        "learning rates " + ", ".join(f"{r.method} {r.cfg.optim.lr:g}" for r in runs[: len(measures)])
+        "learning rates "
+        + ", ".join(f"{r.method} {r.cfg.optim.lr:g}" for r in runs[: len(measures)])
         + ". Each run's own report: "
         + ", ".join(f"<a href='analysis/{r.label}/report.html'>{r.label}</a>" for r in runs)
         + "."

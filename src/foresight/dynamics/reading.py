@@ -19,7 +19,7 @@ import yaml
 from safetensors import safe_open
 
 from foresight.errors import UserError
-from foresight.module_names import ATTENTION_KINDS, CONV1D_LEAVES, MLP_KINDS, module_of
+from foresight.module_names import ATTENTION_KINDS, CONV1D_LEAVES, KINDS, MLP_KINDS, module_of
 
 _STEP_DIR = re.compile(r"step-(\d{6,})")
 

@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -101,7 +100,10 @@ class Distributed:
             )
         on_gpu = {
             key: f"cuda:{self.local_rank}" if value.startswith("cuda") else value
-            for key, value in (("device", cfg.model.device), ("teacher_device", cfg.model.teacher_device))
+            for key, value in (
+                ("device", cfg.model.device),
+                ("teacher_device", cfg.model.teacher_device),
+            )
         }
         return cfg.model_copy(update={"model": cfg.model.model_copy(update=on_gpu)})
 
@@ -129,7 +131,9 @@ class Distributed:
         forwards (generation, evaluation); a no-op for a model that is not sharded."""
         return _gathered(model) if is_sharded(model) else nullcontext()
 
-    def scorer(self, score: Callable[[torch.nn.Module], float]) -> Callable[[torch.nn.Module], float]:
+    def scorer(
+        self, score: Callable[[torch.nn.Module], float]
+    ) -> Callable[[torch.nn.Module], float]:
         """`score` of the gathered model, rank 0's value on every rank: EffOPD's accept/reject
         decisions must agree across ranks."""
         if self.world == 1:
@@ -165,7 +169,9 @@ class Distributed:
         model.reshard()
         return model
 
-    def save(self, run_dir: Path, step: int, model, tokenizer, cfg: Config, optimizer, state: dict) -> None:
+    def save(
+        self, run_dir: Path, step: int, model, tokenizer, cfg: Config, optimizer, state: dict
+    ) -> None:
         """Checkpoint `step`: under FSDP2 the full state is gathered to rank 0 (every rank calls
         this), which alone writes the same Hugging Face folder as a single process."""
         if not is_sharded(model):
@@ -207,7 +213,9 @@ class Distributed:
             return anchor
         params = dict(model.named_parameters())
         return {
-            name: distribute_tensor(full.to(params[name].device), params[name].device_mesh, params[name].placements)
+            name: distribute_tensor(
+                full.to(params[name].device), params[name].device_mesh, params[name].placements
+            )
             .to_local()
             .cpu()
             for name, full in anchor.items()
@@ -258,7 +266,11 @@ def _by_index(by_name: dict, names: list[str]) -> dict:
 
 def _full(param: DTensor, shard: torch.Tensor) -> torch.Tensor:
     whole = DTensor.from_local(
-        shard.to(param.device), param.device_mesh, param.placements, shape=param.shape, stride=param.stride()
+        shard.to(param.device),
+        param.device_mesh,
+        param.placements,
+        shape=param.shape,
+        stride=param.stride(),
     )
     return whole.full_tensor().cpu()
 
@@ -269,7 +281,9 @@ def _plain_class(model: torch.nn.Module) -> Iterator[None]:
     FSDP<Name>, which would otherwise be written to config.json as the architecture."""
     sharded_class = type(model)
     model.__class__ = next(
-        c for c in sharded_class.__mro__[1:] if c is not FSDPModule and not issubclass(c, FSDPModule)
+        c
+        for c in sharded_class.__mro__[1:]
+        if c is not FSDPModule and not issubclass(c, FSDPModule)
     )
     try:
         yield

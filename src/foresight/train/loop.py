@@ -26,7 +26,7 @@ from foresight.effopd.search import EffOPD
 from foresight.log import RunLogger
 from foresight.train.distributed import Distributed, grad_norm_value
 from foresight.train.evaluate import effopd_validator, evaluate
-from foresight.train.loss import OBJECTIVES, Scores, group_advantages, masked_sum_loss
+from foresight.train.loss import Scores, group_advantages, masked_sum_loss
 from foresight.train.rollout import StepBatch, step_examples, stream_seed, student_batch
 from foresight.train.scoring import frozen_hidden_states, score_tokens
 from foresight.train.setup import Trainer, setup
@@ -219,7 +219,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
         dist.close()
 
 
-def _train(cfg: Config, saved_cfg: Config, dist: Distributed, resume: bool, overwrite: bool) -> Path:
+def _train(
+    cfg: Config, saved_cfg: Config, dist: Distributed, resume: bool, overwrite: bool
+) -> Path:
     # Everything that can reject the input runs before the run folder is touched.
     run_dir = cfg.train.out_dir
     start_step, checkpoint = resume_point(run_dir, saved_cfg, resume, overwrite)
