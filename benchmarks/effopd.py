@@ -26,11 +26,11 @@ import torch
 
 from foresight.cli import quiet_libraries
 from foresight.config import load_config
-from foresight.train.evaluate import evaluate
 from foresight.log import read_metrics
 from foresight.models import load_model, load_tokenizer
-from foresight.train.loop import train
 from foresight.tasks import load_task
+from foresight.train.evaluate import evaluate
+from foresight.train.loop import train
 
 PAPER = [
     "effopd.enabled=true",

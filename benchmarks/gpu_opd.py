@@ -4,7 +4,8 @@ Builds a ~100M-parameter Qwen3-style student and a ~300M teacher from config (ra
 downloaded) over the `arith` task's char tokenizer, saves them as HF folders in a temp dir, then
 times the real `setup` + `train_step`. FLOPs per phase, with N = parameters outside the embedding
 lookup and the tokens counted at each decoder's input (B x T for a rollout of width T = P + G):
-  generation      2 * N_student * tokens  (prompt prefill B*P, then B per decode step)
+  generation      2 * N_student * tokens  (prompt prefill B*P, then one per unfinished row per
+                                           decode step: rows leave the KV cache at their EOS)
   teacher scoring 2 * N_teacher * tokens  (teacher forward over B*T, no grad)
   student update  6 * N_student * tokens  (forward 2N + backward 4N over B*T; no optimizer)
 Attention scores are left out (T is short); the LM head of a tiny vocab is in N but negligible.
@@ -31,8 +32,9 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from foresight.cli import quiet_libraries
 from foresight.config import Config
 from foresight.models import DTYPES, MODEL_SIZES, build_char_tokenizer
-from foresight.train.loop import Trainer, setup, train_step
 from foresight.tasks import TASKS
+from foresight.train.loop import train_step
+from foresight.train.setup import Trainer, setup
 
 
 @dataclass(frozen=True)
@@ -254,12 +256,12 @@ def print_table(r: dict) -> None:
             f"{row['flop_per_s'] / 1e12:>10.3g}{row['mfu']:>8.2%}"
         )
     # Random init samples near-uniformly over the tiny vocab, so a row hits EOS with p ~ 1/V per
-    # token; yet the batch decodes until its last row stops, and finished rows are still computed.
+    # token; the batch decodes until its last row stops, finished rows leaving the KV cache.
     print(
         f"completions: {r['completion_tokens_per_step']:.0f} tokens/step, mean length "
         f"{r['completion_len_mean']:.1f} of {plan['max_new_tokens']}, "
         f"{r['completion_tokens_per_s']:.0f} completion tokens/s. Random-init rows stop at EOS "
-        "early, but the batch decodes until its last row stops: 'tokens' counts every row."
+        "early; generation's 'tokens' counts the decoder inputs of the rows still running."
     )
 
 

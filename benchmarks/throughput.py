@@ -26,21 +26,15 @@ d = heads x head_dim:
 
 Run: .venv/bin/python benchmarks/throughput.py [--config configs/demo.yaml] [--steps 8] [--warmup 2]
      [--threads 1] [--set model.dtype=bfloat16 --set model.teacher_dtype=bfloat16] [--profile]
-     [--versus-pytorch]
 It also reports the median page faults per step and the peak RSS; --profile adds one step under
-torch.profiler, its self CPU time per phase split into matrix products, attention kernels and the
-rest (the profiler's own per-operation cost inflates the rest). --versus-pytorch alternates, step by
-step in this process, with steps whose attention and RMSNorm run as the library's PyTorch operations
-(FORESIGHT_FUSED_LAYERS=0: attention through SDPA in float32, the norms' own forward) and prints
-both medians per phase; the main report is the compiled steps'.
+torch.profiler, its self CPU time per phase split into matrix products, attention kernels (torch's
+scaled_dot_product_attention) and the rest (the profiler's own per-operation cost inflates the rest).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import platform
 import resource
 import statistics
@@ -53,12 +47,14 @@ import foresight.train.loop as train_module
 from foresight.cli import quiet_libraries
 from foresight.config import load_config
 from foresight.models import count_parameters
-from foresight.train.loop import setup, train_step
+from foresight.train.loop import train_step
+from foresight.train.setup import setup
 
-# Phase -> the function of train.py whose calls it is.
+# Phase -> the function in foresight.train.loop's namespace whose calls it is (train_step looks
+# each one up there at call time, so wrapping the module attribute clocks it).
 CLOCKED_CALLS = {
     "generation": "make_batch",
-    "teacher scoring": "teacher_hidden_states",
+    "teacher scoring": "frozen_hidden_states",
     "student forward": "micro_batch_loss",
 }
 PHASES = (
@@ -121,8 +117,8 @@ def phase_flops(model: torch.nn.Module, lengths: torch.Tensor, completions: torc
 
 
 class PhaseClocks:
-    """Times the step's named calls by wrapping them (train.make_batch, train.teacher_hidden_states,
-    train.micro_batch_loss, Tensor.backward, optimizer.step) in both wall and CPU time (this
+    """Times the step's named calls by wrapping them (loop.make_batch, loop.frozen_hidden_states,
+    loop.micro_batch_loss, Tensor.backward, optimizer.step) in both wall and CPU time (this
     process's, which other jobs on the machine do not inflate); records each rollout's row
     lengths."""
 
@@ -131,6 +127,9 @@ class PhaseClocks:
         self.cpu: dict[str, float] = {}
         self.row_lengths = self.completion_lengths = None
         for phase, name in CLOCKED_CALLS.items():
+            # A name train_step no longer calls would leave its phase silently at zero.
+            if name not in train_module.train_step.__code__.co_names:
+                raise RuntimeError(f"train_step no longer calls {name}: update CLOCKED_CALLS")
             setattr(train_module, name, self.clocked(phase, getattr(train_module, name)))
         torch.Tensor.backward = self.clocked("student backward", torch.Tensor.backward)
         # Instance attribute: the class's step (which the lr scheduler checks) stays untouched.
@@ -190,49 +189,24 @@ def op_profile(clocks: PhaseClocks, trainer, step: int) -> dict[str, dict[str, f
         if parent is not None:
             phase = parent.name
         kind = "matmul" if event.name in MATMULS else "other"
-        # torch's SDPA kernels, or attention.cpp's (foresight_layers_<hash>::attention_*)
-        is_attention = "scaled_dot_product" in event.name or "::attention_" in event.name
-        kind = "attention" if is_attention else kind
+        kind = "attention" if "scaled_dot_product" in event.name else kind  # torch's SDPA kernels
         split[phase][kind] += event.self_cpu_time_total / 1e6
     return split
 
 
-@contextlib.contextmanager
-def pytorch_layers():
-    """Attention and RMSNorm as the library's PyTorch operations (fused.layer_ops reads this)."""
-    os.environ["FORESIGHT_FUSED_LAYERS"] = "0"
-    try:
-        yield
-    finally:
-        del os.environ["FORESIGHT_FUSED_LAYERS"]
-
-
 def measure(
-    config: Path,
-    steps: int,
-    warmup: int,
-    overrides: list[str],
-    profile: bool = False,
-    versus: bool = False,
+    config: Path, steps: int, warmup: int, overrides: list[str], profile: bool = False
 ) -> dict:
     cfg = load_config(config, overrides)
     trainer = setup(cfg)
     for step in range(1, warmup + 1):
         train_step(trainer, step)
     clocks = PhaseClocks(trainer.optimizer)
-    records, pytorch = [], []
-    for index, step in enumerate(range(warmup + 1, warmup + steps + 1)):
-        if versus and index % 2 == 0:  # the side that goes first alternates
-            with pytorch_layers():
-                pytorch.append(clocks.step(trainer, step + steps))
-        records.append(clocks.step(trainer, step))
-        if versus and index % 2 == 1:
-            with pytorch_layers():
-                pytorch.append(clocks.step(trainer, step + steps))
-    split = op_profile(clocks, trainer, warmup + 2 * steps + 1) if profile else None
+    records = [clocks.step(trainer, step) for step in range(warmup + 1, warmup + steps + 1)]
+    split = op_profile(clocks, trainer, warmup + steps + 1) if profile else None
 
-    def median(key: str, rows: list[dict] = records) -> dict[str, float]:
-        return {name: statistics.median(r[key].get(name, 0.0) for r in rows) for name in PHASES}
+    def median(key: str) -> dict[str, float]:
+        return {name: statistics.median(r[key].get(name, 0.0) for r in records) for name in PHASES}
 
     def flops(model: torch.nn.Module) -> list[tuple[float, float]]:
         return [phase_flops(model, r["row_lengths"], r["completion_lengths"]) for r in records]
@@ -259,12 +233,6 @@ def measure(
         "page_faults_per_step": statistics.median(r["page_faults"] for r in records),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "op_profile_s": split,
-        "versus_pytorch": {
-            "median_step_cpu_s": statistics.median(r["cpu"] for r in pytorch),
-            "phase_cpu_s": median("cpu_phases", pytorch),
-        }
-        if versus
-        else None,
         "phase_flops": {
             "generation": statistics.median(f for f, _ in student),
             "teacher scoring": statistics.median(f for f, _ in teacher),
@@ -313,16 +281,6 @@ def print_report(result: dict) -> None:
                 f"{achieved / rates['float32']:>11.1%}{achieved / rates['bfloat16']:>11.1%}"
             )
         print(line)
-    if result["versus_pytorch"]:
-        other = result["versus_pytorch"]
-        print("CPU s, alternating steps: attention and RMSNorm as PyTorch ops -> compiled")
-        for name in PHASES:
-            print(
-                f"{name:<18}{other['phase_cpu_s'][name]:>8.3f} -> {result['phase_cpu_s'][name]:.3f}"
-            )
-        print(
-            f"{'step':<18}{other['median_step_cpu_s']:>8.3f} -> {result['median_step_cpu_s']:.3f}"
-        )
     if result["op_profile_s"]:
         print("one profiled step, self CPU s by operation (profiler overhead included):")
         print(f"{'phase':<18}{'matmul':>8}{'attention':>10}{'other':>8}")
@@ -342,18 +300,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="one more step under torch.profiler, split by op"
     )
-    parser.add_argument(
-        "--versus-pytorch",
-        action="store_true",
-        help="alternate with steps whose attention and RMSNorm are the library's PyTorch ops",
-    )
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
     rates = {"float32": mm_rate(torch.float32), "bfloat16": mm_rate(torch.bfloat16)}
-    result = measure(
-        args.config, args.steps, args.warmup, args.overrides, args.profile, args.versus_pytorch
-    )
+    result = measure(args.config, args.steps, args.warmup, args.overrides, args.profile)
     result |= {
         "mm_flops_per_cpu_s": rates,
         "device": "cpu",

@@ -22,9 +22,8 @@ def run_trl(cfg: Config, precision: str, scratch: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from foresight.models import load_tokenizer
-    from foresight.train.rollout import step_examples
-    from foresight.train.rollout import encode_prompts
     from foresight.tasks import load_task
+    from foresight.train.rollout import encode_prompts, step_examples
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.student, local_files_only=True)
     ours = load_tokenizer(cfg.model.student, "student", cfg.model.chat_template)

@@ -103,7 +103,8 @@ def base_config(args: argparse.Namespace):
 
 
 def run_ours(args: argparse.Namespace) -> dict:
-    from foresight.train.loop import setup, train_step
+    from foresight.train.loop import train_step
+    from foresight.train.setup import setup
 
     cfg = base_config(args)
     t = setup(cfg)
@@ -130,9 +131,9 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from foresight.cli import quiet_libraries
-    from foresight.train.evaluate import evaluate
     from foresight.models import count_parameters, load_tokenizer
     from foresight.tasks import load_task
+    from foresight.train.evaluate import evaluate
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
