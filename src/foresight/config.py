@@ -6,6 +6,7 @@ time, before any model is built, with a `UserError` naming the key and the fix.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +17,12 @@ from foresight.errors import UserError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf or .nan for a learning rate, a temperature, ... is refused at load.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+MAX_SEED = 2**63 - 1
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 
 class ModelConfig(Section):
@@ -175,11 +181,19 @@ class TrainConfig(Section):
     )
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     micro_batches: int = Field(1, ge=1, description="Gradient-accumulation chunks per step.")
-    seed: int = Field(0, description="Seed of data order, sampling and init.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of data order, sampling and init.")
     out_dir: Path = Field(Path("runs/opd"), description="Run folder.")
     checkpoint_every: int = Field(50, ge=1, description="Write a checkpoint every N steps.")
     checkpoint_at: list[int] = Field([], description="Extra checkpoint steps (dense early).")
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
+    threads: int = Field(
+        0, ge=0, le=MAX_THREADS, description="torch CPU threads; 0 = torch's default."
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A step whose loss or gradient norm is not finite never updates the weights; "
+        "stop: end the run (exit 2); skip: drop the step and go on (up to max_nonfinite steps).",
+    )
+    max_nonfinite: int = Field(10, ge=1, description="on_nonfinite=skip: stop after this many.")
 
 
 class EvalConfig(Section):
@@ -219,7 +233,7 @@ class DynamicsConfig(Section):
         "lowrank", description="Top singular vectors: randomized (torch.svd_lowrank) or exact SVD."
     )
     svd_niter: int = Field(4, ge=0, description="Power iterations of the randomized solver.")
-    seed: int = Field(0, description="Seed of the randomized solver.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the randomized solver.")
     probes: list[Literal["scaling", "embedding_swap", "window", "truncation", "rescaling"]] = Field(
         ["scaling", "embedding_swap", "window", "truncation", "rescaling"],
         description="Functional probes run when a scorer is given.",
@@ -241,6 +255,7 @@ class DynamicsConfig(Section):
     threads: int = Field(
         1,
         ge=0,
+        le=MAX_THREADS,
         description="torch CPU threads for the SVDs; 0 = torch's default. On a machine shared with "
         "other jobs, more than 1 can make small SVDs 10-100x slower (OpenMP threads spin).",
     )
@@ -421,10 +436,14 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
     """Load a YAML config (or the defaults when path is None), apply overrides and validate it."""
     raw: dict[str, Any] = {}
     if path is not None:
+        if Path(path).is_dir():
+            raise UserError(f"Config {path} is a folder; pass the path of a YAML file.")
         if not Path(path).is_file():
             raise UserError(f"Config file {path} does not exist; pass the path of a YAML file.")
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text; save the config as UTF-8.") from None
         except yaml.YAMLError as exc:
             raise UserError(
                 f"{path} is not valid YAML ({exc.__class__.__name__}); fix it."

@@ -7,6 +7,7 @@ On resume the lines past the resumed step are dropped, so the file never holds t
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -62,8 +63,9 @@ class RunLogger:
             self.progress.start()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        record = {"step": step, **metrics}
-        self.file.write(json.dumps(record) + "\n")
+        # Strict JSON: a non-finite value is written as null (bare NaN breaks strict readers).
+        record = {"step": step, **{k: v if math.isfinite(v) else None for k, v in metrics.items()}}
+        self.file.write(json.dumps(record, allow_nan=False) + "\n")
         self.file.flush()
         if self.writer is not None:
             for key, value in metrics.items():

@@ -90,6 +90,10 @@ def build_tiny_model(
 def check_model_folder(folder: Path, role: str) -> None:
     """Fail with a UserError unless `folder` looks like an HF model folder."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UserError(
+            f"model.{role} {folder} is a file; point it at a Hugging Face model folder."
+        )
     if not folder.is_dir():
         raise UserError(
             f"The {role} model folder {folder} does not exist; run `foresight prepare` or fix "
@@ -146,6 +150,15 @@ def check_device(device: str, role: str) -> None:
         ) from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"model.{key} is '{device}' but this machine has no CUDA device; use cpu.")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise UserError(
+            f"model.{key} is '{device}' but this machine has {torch.cuda.device_count()} CUDA "
+            "devices; use cuda:0 .. cuda:N-1."
+        )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"model.{key} is '{device}' but MPS is not available here; use cpu.")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"model.{key} '{device}' is not a device to train on; use cpu or cuda:N.")
 
 
 def load_tokenizer(folder: Path, role: str, chat_template: str = "auto") -> PreTrainedTokenizerFast:

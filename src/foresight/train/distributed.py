@@ -115,7 +115,7 @@ class Distributed:
 
     def seed(self, seed: int) -> int:
         """Rank 0 keeps the single-process seed; other ranks get seeds far from any stream seed."""
-        return seed if self.rank == 0 else seed ^ (self.rank << 48)
+        return seed if self.rank == 0 else (seed ^ (self.rank << 48)) % 2**63
 
     def sum(self, values: list[float] | torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks, in float64 on the CPU."""

@@ -143,7 +143,7 @@ def effopd_validator(
     prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
 
     def begin(step: int) -> Callable[[torch.nn.Module], float]:
-        search_seed = seed * 1_000_003 + step
+        search_seed = (seed * 1_000_003 + step) % 2**63
         if signal == "accuracy":
 
             def score(candidate: torch.nn.Module) -> float:

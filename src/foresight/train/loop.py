@@ -14,16 +14,25 @@ Run: foresight train configs/tiny.yaml --set train.steps=20
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from foresight.checkpoint import init_run_dir, load_trainer_state, resume_point, set_rng_state
+from foresight.checkpoint import (
+    init_run_dir,
+    load_trainer_state,
+    remove_partial_checkpoints,
+    resume_point,
+    set_rng_state,
+)
 from foresight.config import Config
 from foresight.effopd.extrapolate import extrapolated_names
 from foresight.effopd.search import EffOPD
+from foresight.errors import UserError
 from foresight.log import RunLogger
+from foresight.run_folder import RunLock, holds_only_lock
 from foresight.train.distributed import Distributed, grad_norm_value
 from foresight.train.evaluate import effopd_validator, evaluate
 from foresight.train.loss import Scores, group_advantages, masked_sum_loss
@@ -102,11 +111,12 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
         if log_ratio is not None:
             kl_sums.append(log_ratio.sum())
     total_loss, kl_sum = t.dist.sum([_total(losses), _total(kl_sums)]).tolist()
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        t.student.parameters(), t.cfg.optim.grad_clip or math.inf
+    grad_norm = grad_norm_value(
+        torch.nn.utils.clip_grad_norm_(t.student.parameters(), t.cfg.optim.grad_clip or math.inf)
     )
     lr = t.scheduler.get_last_lr()[0]
-    t.optimizer.step()
+    if finite_step(t, step, total_loss, grad_norm):  # else the weights stay as they were
+        t.optimizer.step()
     t.scheduler.step()
     t.optimizer.zero_grad(set_to_none=True)
     finished = time.perf_counter()
@@ -115,7 +125,8 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
         "loss": total_loss,
         "rollout/len_mean": float(t.dist.sum(lengths.mean())) / t.dist.world,
         "optim/lr": lr,
-        "optim/grad_norm": grad_norm_value(grad_norm),
+        "optim/grad_norm": grad_norm,
+        "optim/nonfinite_steps": float(t.nonfinite_steps),
         "time/step_s": finished - started,
         "time/rollout_s": sampled - started,
         "time/teacher_s": scored - sampled,
@@ -127,6 +138,24 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
     if batch.rewards is not None:
         stats["reward/mean"] = float(t.dist.sum(batch.rewards.double().mean())) / t.dist.world
     return stats
+
+
+def finite_step(t: Trainer, step: int, loss: float, grad_norm: float) -> bool:
+    """Whether the step may update the weights: a non-finite loss or gradient norm never reaches
+    the optimizer. train.on_nonfinite=stop ends the run (exit 2); skip drops the step, up to
+    train.max_nonfinite times."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return True
+    t.nonfinite_steps += 1
+    train_cfg = t.cfg.train
+    if train_cfg.on_nonfinite == "skip" and t.nonfinite_steps <= train_cfg.max_nonfinite:
+        return False
+    raise UserError(
+        f"Step {step} has loss {loss} and gradient norm {grad_norm}, so training stopped before "
+        "the optimizer touched the weights (the newest checkpoint holds the last good ones); "
+        f"lower optim.lr ({t.cfg.optim.lr:g}) or set optim.grad_clip, then rerun with --resume, "
+        "or set train.on_nonfinite: skip."
+    )
 
 
 def _total(parts: list[torch.Tensor]) -> float:
@@ -188,7 +217,15 @@ def is_checkpoint_step(cfg: Config, step: int) -> bool:
 
 
 def save(t: Trainer, effopd: EffOPD | None, cfg: Config, step: int) -> None:
-    """Checkpoint `step` with the user's config `cfg` (not this rank's devices)."""
+    """Checkpoint `step` with the user's config `cfg` (not this rank's devices); never one whose
+    weights are not all finite."""
+    local_bad = sum(int(not bool(torch.isfinite(p.detach()).all())) for p in t.student.parameters())
+    if float(t.dist.sum([local_bad])[0]):
+        raise UserError(
+            f"After step {step} some weights are not finite, so no checkpoint was written (the "
+            f"newest one holds the last good weights); lower optim.lr ({cfg.optim.lr:g}) and rerun "
+            "with --resume."
+        )
     state = {"scheduler": t.scheduler.state_dict()}
     if effopd is not None:
         state["effopd"] = effopd.state_dict()
@@ -222,10 +259,30 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
 def _train(
     cfg: Config, saved_cfg: Config, dist: Distributed, resume: bool, overwrite: bool
 ) -> Path:
-    # Everything that can reject the input runs before the run folder is touched.
+    # What can reject the input without loading anything runs before the run folder is touched.
     run_dir = cfg.train.out_dir
     start_step, checkpoint = resume_point(run_dir, saved_cfg, resume, overwrite)
-    t = setup(cfg, dist, student_dir=checkpoint)
+    lock = RunLock(run_dir)
+    if dist.main:  # claimed before anything slow: a second process on the folder exits at once
+        lock.acquire()
+    try:
+        return _claimed(cfg, saved_cfg, dist, resume, overwrite, start_step, checkpoint, lock)
+    finally:
+        lock.release()
+
+
+def _claimed(cfg, saved_cfg, dist, resume, overwrite, start_step, checkpoint, lock) -> Path:
+    run_dir = cfg.train.out_dir
+    if dist.main:
+        if not resume and not overwrite and not holds_only_lock(run_dir):
+            raise UserError(f"Run folder {run_dir} was just filled by another run; choose another.")
+        remove_partial_checkpoints(run_dir)  # left by killed processes: we hold the lock
+    try:
+        t = setup(cfg, dist, student_dir=checkpoint)
+    except BaseException:
+        if lock.created:  # nothing was written but the lock: leave no folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if dist.main:
         init_run_dir(run_dir, saved_cfg, overwrite)  # the user's devices, not this rank's
     dist.barrier()  # the folder exists (and --overwrite emptied it) before any rank reads it

@@ -24,8 +24,9 @@ from foresight.templates import encode_chat_prompts, stop_ids, uses_chat
 
 def stream_seed(seed: int, step: int, stream: int) -> int:
     """Independent, reproducible seeds per (run seed, step, stream):
-    0 = data order, 1 = student sampling, 2 = EffOPD validation prompts, 3 = teacher sampling."""
-    return (seed * 1_000_003 + step) * 4 + stream
+    0 = data order, 1 = student sampling, 2 = EffOPD validation prompts, 3 = teacher sampling.
+    Reduced to 63 bits, the range torch's generators take (a no-op for seeds below ~2^40)."""
+    return ((seed * 1_000_003 + step) * 4 + stream) % 2**63
 
 
 @dataclass(frozen=True)

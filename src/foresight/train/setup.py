@@ -38,6 +38,7 @@ class Trainer:
     objective: Objective  # loss.OBJECTIVES[(train.method, loss.kind)]
     dist: Distributed  # a no-op in one process
     teacher_cache: TeacherCompletions | None = None  # sft from teacher: set once the folder exists
+    nonfinite_steps: int = 0  # steps whose loss or gradient norm was not finite (loop.finite_step)
 
     @property
     def frozen(self) -> PreTrainedModel | None:
