@@ -22,7 +22,8 @@ from foresight.checkpoint import list_checkpoints, save_checkpoint
 from foresight.config import config_to_yaml
 from foresight.errors import UserError
 from foresight.log import read_metrics
-from foresight.train.loop import setup, train
+from foresight.train.loop import train
+from foresight.train.setup import setup
 
 
 def test_a_crash_during_save_leaves_no_checkpoint_that_looks_whole(

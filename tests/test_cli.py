@@ -82,6 +82,34 @@ def test_bad_config_exits_2_with_one_sentence(monkeypatch, capsys, tmp_path, tex
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "method, kind, fits",
+    [
+        ("rl", "reverse_kl", "grpo"),
+        ("rl", "sampled_rkl", "grpo"),
+        ("sft", "gjsd", "cross_entropy"),
+        ("opd", "grpo", "sampled_rkl or reverse_kl or forward_kl or gjsd"),
+        ("opd", "cross_entropy", "sampled_rkl or reverse_kl or forward_kl or gjsd"),
+    ],
+)
+def test_loss_kind_that_does_not_fit_the_method_exits_2(
+    monkeypatch, capsys, tmp_path, method, kind, fits
+):
+    """config.LOSS_KINDS: a (train.method, loss.kind) pair outside it is bad input, in the file or
+    on the command line, named in one sentence with the kinds that fit."""
+    monkeypatch.chdir(REPO)
+    method_only = tmp_path / "method.yaml"
+    method_only.write_text(f"train:\n  method: {method}\n  out_dir: {tmp_path / 'run'}\n")
+    both = write_config(tmp_path, method_only.read_text() + f"loss:\n  kind: {kind}\n")
+    for args in ((str(both),), (str(method_only), "--set", f"loss.kind={kind}")):
+        code, _, err = run_cli(monkeypatch, capsys, "train", *args)
+        assert code == 2
+        assert f"loss.kind '{kind}' does not fit train.method '{method}'" in err
+        assert f"use {fits}" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "run").exists()
+
+
 def test_teacher_with_another_tokenizer_is_refused(monkeypatch, capsys, tmp_path, micro_pair):
     other = save_micro_model(tmp_path / "other_teacher", 1, alphabet="0123456789abc=#")
     cfg = micro_config(micro_pair[0], other, tmp_path / "run")

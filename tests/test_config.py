@@ -43,3 +43,16 @@ def test_cross_section_checks_name_the_keys():
         load_config(None, ["train.micro_batches=100"])
     with pytest.raises(UserError, match="effopd.signal 'kl' needs a teacher"):
         load_config(None, ["effopd.enabled=true", "effopd.signal=kl", "train.method=sft"])
+
+
+def test_an_unset_loss_kind_is_the_methods_default_and_is_saved():
+    """loss.kind left out means the method's default (the first of config.LOSS_KINDS), filled in
+    at validation so that the saved config names it."""
+    from foresight.config import LOSS_KINDS, config_to_yaml
+
+    for method, default in (("opd", "sampled_rkl"), ("rl", "grpo"), ("sft", "cross_entropy")):
+        assert LOSS_KINDS[method][0] == default
+        group = ["rollout.group_size=2"] if method == "rl" else []  # GRPO needs a group
+        cfg = load_config(None, [f"train.method={method}", *group])
+        assert cfg.loss.kind == default
+        assert f"kind: {default}" in config_to_yaml(cfg)

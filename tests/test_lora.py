@@ -14,7 +14,8 @@ from foresight.checkpoint import list_checkpoints
 from foresight.config import Config
 from foresight.errors import UserError
 from foresight.lora import load_for_eval, load_student
-from foresight.train.loop import setup, train
+from foresight.train.loop import train
+from foresight.train.setup import setup
 
 
 def lora_config(micro_pair, out_dir, **sections):

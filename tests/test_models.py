@@ -23,7 +23,7 @@ from transformers import (
 
 from foresight.errors import UserError
 from foresight.models import check_pair, check_plain_head, load_model, load_tokenizer
-from foresight.train.loss import sampled_token_loss
+from foresight.train.loss import masked_sum_loss, sampled_rkl
 from foresight.train.rollout import sample
 from foresight.train.scoring import score_tokens
 
@@ -73,9 +73,8 @@ def test_gradient_checkpointing_recomputes_and_keeps_loss_and_grads(micro_pair):
             lambda *_, calls=calls: calls.append(1)
         )
         scores = score_tokens(student, rollout, teacher)
-        loss = sampled_token_loss(
-            scores.student_logprobs, scores.teacher_logprobs, mask, mask.sum(), 0.2
-        )
+        per_token = sampled_rkl(scores.student_logprobs, scores.teacher_logprobs, 0.2)
+        loss = masked_sum_loss(per_token, mask, mask.sum())
         loss.backward()
         grads = {n: p.grad.clone() for n, p in student.named_parameters()}
         # Checkpointing reruns each layer's forward once more in backward.

@@ -17,9 +17,9 @@ from transformers import AutoTokenizer
 from foresight.config import config_to_yaml
 from foresight.errors import UserError
 from foresight.models import load_tokenizer
-from foresight.train.rollout import encode_prompts
-from foresight.train.loop import setup
 from foresight.templates import check_templates, render, set_chat_mode
+from foresight.train.rollout import encode_prompts
+from foresight.train.setup import setup
 
 ALPHABET = string.ascii_letters + string.digits + " #*+,-=?.|:\n"
 TEMPLATE = (

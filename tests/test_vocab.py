@@ -20,9 +20,9 @@ from foresight.config import config_to_yaml
 from foresight.errors import UserError
 from foresight.log import read_metrics
 from foresight.models import check_pair, load_model, load_tokenizer
+from foresight.tasks import TASKS
 from foresight.train.rollout import sample
 from foresight.train.scoring import score_tokens
-from foresight.tasks import TASKS
 from foresight.vocab import MappedTeacher
 
 ARITH = TASKS["arith"](None).alphabet

@@ -13,8 +13,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from foresight.config import TaskConfig
 from foresight.analyze_command import analyze_command
+from foresight.config import TaskConfig
 from foresight.errors import UserError
 
 from .series import DistanceScorer, write_series

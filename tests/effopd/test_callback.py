@@ -16,9 +16,10 @@ import trl
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from foresight.config import EffOPDConfig
-from foresight.effopd.extrapolate import snapshot
-from foresight.effopd.search import EffOPD, EffOPDCallback, is_search_step, make_validator
+from foresight.effopd.extrapolate import extrapolated_names, snapshot
+from foresight.effopd.search import EffOPD, EffOPDCallback, is_search_step
 from foresight.tasks import TASKS
+from foresight.train.evaluate import effopd_validator
 
 STEPS = 4  # searches at 1, 2, 4
 # Adam at 1e-3 makes small, consistent steps on the micro student, so going further along Δ lowers
@@ -77,16 +78,17 @@ def test_effopd_callback_accepts_inside_trl_distillation_trainer(micro_pair, tmp
         accept="ge",
         n_prompts=12,
     )
-    validator = make_validator(
+    validator = effopd_validator(
         "kl",
         task,
         tokenizer,
         task.sample("train", cfg.n_prompts, 1),
         MAX_NEW_TOKENS,
         seed=0,
+        student=student,  # the very model TRL trains: each search samples from its W_t
         teacher=teacher,
     )
-    effopd = EffOPD(cfg, student, validator)
+    effopd = EffOPD(cfg, student, extrapolated_names(student, cfg.modules), validator)
     before, after = WeightProbe(effopd), WeightProbe(effopd)
 
     initial_student = {n: p.detach().clone() for n, p in student.named_parameters()}

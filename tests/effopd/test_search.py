@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 
 from foresight.checkpoint import load_trainer_state
 from foresight.config import EffOPDConfig
-from foresight.effopd.extrapolate import selected_parameters, snapshot
+from foresight.effopd.extrapolate import extrapolated_names, snapshot
 from foresight.effopd.search import EffOPD, is_search_step
 from foresight.log import read_metrics
 from foresight.models import load_model
@@ -38,10 +38,21 @@ def tiny(family: str) -> torch.nn.Module:
     return Qwen3ForCausalLM(Qwen3Config(**SIZES))
 
 
+def selected_parameters(model: torch.nn.Module, kinds: list[str]) -> dict[str, torch.nn.Parameter]:
+    """The parameters `extrapolated_names` picks, by name."""
+    params = dict(model.named_parameters())
+    return {name: params[name] for name in extrapolated_names(model, kinds)}
+
+
+def effopd_of(model: torch.nn.Module, validator, cfg: EffOPDConfig | None = None) -> EffOPD:
+    cfg = cfg or EffOPDConfig()
+    return EffOPD(cfg, model, extrapolated_names(model, cfg.modules), validator)
+
+
 def scripted_validator(scores: list[float]):
     """A validator returning scores[i] on its i-th call in each search (index 0 = W_t)."""
 
-    def begin(model, step):
+    def begin(step):
         calls = iter(scores)
         return lambda candidate: next(calls)
 
@@ -57,7 +68,7 @@ def test_trigger_schedules():
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_module_filter_takes_attention_and_mlp_weights_only(family):
-    names = sorted(selected_parameters(tiny(family), EffOPDConfig().modules))
+    names = sorted(extrapolated_names(tiny(family), EffOPDConfig().modules))
     leaves = {n.split(".")[-2] for n in names}
     assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert len(names) == 7 * SIZES["num_hidden_layers"]
@@ -81,8 +92,8 @@ def test_after_k_acceptances_weights_are_anchor_plus_2k_plus_1_delta(accepted_co
     scores = [0.5 + 0.1 * i for i in range(accepted_count + 1)] + [
         0.0
     ] * 6  # rises k times, then drops
-    effopd = EffOPD(EffOPDConfig(), tiny("qwen3"), scripted_validator(scores))
-    effopd.params = selected_parameters(model, EffOPDConfig().modules)
+    effopd = effopd_of(model, scripted_validator(scores))
+    assert effopd.params.keys() == selected_parameters(model, EffOPDConfig().modules).keys()
     effopd.anchor = {n: t.clone() for n, t in anchor.items()}
     current = snapshot(effopd.params)
     stats = effopd.on_step_end(1, model)
@@ -103,7 +114,7 @@ def test_after_k_acceptances_weights_are_anchor_plus_2k_plus_1_delta(accepted_co
 
 def test_rejection_after_acceptance_restores_the_accepted_weights_exactly():
     model, anchor = moved_model()
-    effopd = EffOPD(EffOPDConfig(), model, scripted_validator([0.5, 0.6, 0.1]))
+    effopd = effopd_of(model, scripted_validator([0.5, 0.6, 0.1]))
     effopd.anchor = anchor
     current = snapshot(effopd.params)
     effopd.on_step_end(2, model)
@@ -115,14 +126,14 @@ def test_rejection_after_acceptance_restores_the_accepted_weights_exactly():
 @pytest.mark.parametrize("rule, accepted", [("ge", 4.0), ("gt", 0.0)])
 def test_acceptance_rules_on_a_tie(rule, accepted):
     model, anchor = moved_model()
-    effopd = EffOPD(EffOPDConfig(accept=rule), model, scripted_validator([0.5, 0.5, 0.5, 0.4]))
+    effopd = effopd_of(model, scripted_validator([0.5, 0.5, 0.5, 0.4]), EffOPDConfig(accept=rule))
     effopd.anchor = anchor
     assert effopd.on_step_end(4, model)["effopd/accepted_multiplier"] == accepted
 
 
 def test_non_trigger_steps_do_nothing():
     model, _ = moved_model()
-    effopd = EffOPD(EffOPDConfig(), model, scripted_validator([]))
+    effopd = effopd_of(model, scripted_validator([]))
     assert effopd.on_step_end(3, model) == {} and effopd.history == []
 
 
@@ -142,7 +153,7 @@ def test_anchor_is_checkpointed_and_a_resumed_run_matches_an_uninterrupted_one(
     train(micro_config(*micro_pair, tmp_path / "split", train={"steps": 3}, effopd=effopd))
     state = load_trainer_state(tmp_path / "split" / "checkpoints" / "step-000003")
     assert set(state["effopd"]["anchor"]) == set(
-        selected_parameters(tiny_like(micro_pair[0]), EffOPDConfig().modules)
+        extrapolated_names(tiny_like(micro_pair[0]), EffOPDConfig().modules)
     )
     train(
         micro_config(*micro_pair, tmp_path / "split", train={"steps": 4}, effopd=effopd),

@@ -1,7 +1,7 @@
 """Completion sources: SFT on teacher samples is cached and reused on resume, and its masks are
 OPD's; GRPO rows come in groups with verifier rewards.
 
-Run: .venv/bin/python -m pytest tests/opd/test_completions.py -q
+Run: .venv/bin/python -m pytest tests/train/test_completions.py -q
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import json
 import torch
 from builders import micro_config
 
-from foresight.train import completions
+from foresight.train import sft_batches
+from foresight.train.loop import make_batch, train
 from foresight.train.rollout import decode_completions, teacher_forced
-from foresight.train.loop import make_batch, setup, train
+from foresight.train.setup import setup
 
 
 def test_teacher_completions_are_cached_and_reused_on_resume(micro_pair, tmp_path, monkeypatch):
@@ -22,9 +23,9 @@ def test_teacher_completions_are_cached_and_reused_on_resume(micro_pair, tmp_pat
     cached = (tmp_path / "run" / "teacher_completions.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in cached] == [1, 2]
     calls = []
-    real_sample = completions.sample
+    real_sample = sft_batches.sample
     monkeypatch.setattr(
-        completions, "sample", lambda *a, **k: calls.append(1) or real_sample(*a, **k)
+        sft_batches, "sample", lambda *a, **k: calls.append(1) or real_sample(*a, **k)
     )
     (tmp_path / "run" / "checkpoints" / "step-000002").rename(
         tmp_path / "run" / "checkpoints" / "x"

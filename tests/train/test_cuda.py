@@ -1,7 +1,7 @@
 """GPU smoke test: the student on CUDA, the teacher on the CPU, 2 steps of each method.
 
 Skips on machines without CUDA (CI has none); run it on a GPU machine with
-.venv/bin/python -m pytest tests/opd/test_cuda.py -q
+.venv/bin/python -m pytest tests/train/test_cuda.py -q
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 import torch
 from builders import micro_config
 
-from foresight.train.loop import setup, train_step
+from foresight.train.loop import train_step
+from foresight.train.setup import setup
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -16,7 +16,7 @@ What the tests prove:
     and `foresight analyze` reads its checkpoints. (Per-rank sampling differs from one process's, so
     this run is checked for running through, not against a single process.)
 
-Run: .venv/bin/python -m pytest tests/opd/test_distributed.py -q
+Run: .venv/bin/python -m pytest tests/train/test_distributed.py -q
 """
 
 from __future__ import annotations

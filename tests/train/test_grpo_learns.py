@@ -7,7 +7,7 @@ the seeds: mean(change) - t_{0.95, n-1} * sd / sqrt(n) > 0. At lr 1e-4 (the rate
 uses) the 4 seeds changed by +0.020, +0.027, +0.020 and +0.035 (lower bound +0.017); at 2e-4 the
 reward fell on every seed, which is why RL's rate is 10x below OPD's in that config.
 
-Run: .venv/bin/python -m pytest tests/opd/test_grpo_learns.py -q
+Run: .venv/bin/python -m pytest tests/train/test_grpo_learns.py -q
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import torch
 
 from foresight.config import load_config
 from foresight.train.evaluate import accuracy
+from foresight.train.loop import train_step
 from foresight.train.rollout import decode_completions, sample
-from foresight.train.loop import Trainer, setup, train_step
+from foresight.train.setup import Trainer, setup
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS, STEPS, PROMPTS = (0, 1, 2, 3), 10, 256

@@ -1,6 +1,6 @@
 """Sampling and masks: prompt masked, EOS trained, padding never trained (also when pad == eos).
 
-Run: .venv/bin/python -m pytest tests/opd/test_rollout.py -q
+Run: .venv/bin/python -m pytest tests/train/test_rollout.py -q
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`score_tokens` with gradients: the chunked, checkpointed full-vocabulary path against a plainly
 written float64 reference over the whole sequence (one model call, one log-softmax per model).
 
-Run: .venv/bin/python -m pytest tests/opd/test_scoring.py -q
+Run: .venv/bin/python -m pytest tests/train/test_scoring.py -q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Self-distillation: the teacher scores the student's completion after a privileged prompt.
 
-Run: .venv/bin/python -m pytest tests/opd/test_teacher_prompt.py -q
+Run: .venv/bin/python -m pytest tests/train/test_teacher_prompt.py -q
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 from builders import micro_config
 
 from foresight.config import Config
-from foresight.train.rollout import step_examples
-from foresight.train.rollout import encode_prompts
+from foresight.train.loop import make_batch, train_step
+from foresight.train.rollout import encode_prompts, step_examples
 from foresight.train.scoring import score_tokens, teacher_hidden_states
-from foresight.train.loop import make_batch, setup, train_step
+from foresight.train.setup import setup
 
 TEMPLATE = "9*9=81,{prompt}"  # arith characters only, so the char tokenizer knows every one
 

@@ -1,12 +1,10 @@
 """Top-k + tail-bucket divergences against brute-force float64 references, their gradients, the
 gather-before-upcast log-probs, and the option end to end through `score_tokens` and the config.
 
-Run: .venv/bin/python -m pytest tests/opd/test_topk.py -q
+Run: .venv/bin/python -m pytest tests/train/test_topk.py -q
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -14,29 +12,13 @@ import torch
 
 from foresight.config import Config, load_config
 from foresight.errors import UserError
-from foresight.train.loss import divergence, selected_logprobs, teacher_topk, topk_divergence
+from foresight.train.loss import divergence, selected_logprobs, teacher_topk
 from foresight.train.rollout import teacher_forced
 from foresight.train.scoring import sampled_logprobs, score_tokens
 
+from .reference import divergence_np, kl_np, softmax_np, topk_divergence
+
 KINDS = [("reverse_kl", 0.5), ("forward_kl", 0.5), ("gjsd", 0.3), ("gjsd", 0.0), ("gjsd", 1.0)]
-
-
-def softmax_np(row: np.ndarray) -> np.ndarray:
-    shifted = np.exp(row - row.max())
-    return shifted / shifted.sum()
-
-
-def kl_np(p: np.ndarray, q: np.ndarray) -> float:
-    return float(sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q) if pi > 0))
-
-
-def divergence_np(kind: str, beta: float, p_s: np.ndarray, p_t: np.ndarray) -> float:
-    if kind == "reverse_kl" or (kind == "gjsd" and beta == 1.0):
-        return kl_np(p_s, p_t)
-    if kind == "forward_kl" or (kind == "gjsd" and beta == 0.0):
-        return kl_np(p_t, p_s)
-    m = beta * p_t + (1 - beta) * p_s
-    return beta * kl_np(p_t, m) + (1 - beta) * kl_np(p_s, m)
 
 
 def buckets_np(p: np.ndarray, ids: list[int]) -> np.ndarray:
