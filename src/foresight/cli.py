@@ -177,8 +177,15 @@ def eval_(
         str, typer.Option(help="Embedded task name or a JSONL/Parquet file.")
     ] = "arith",
     verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
-    split: str = "test",
-    n: Annotated[int, typer.Option(min=1, help="Held-out prompts.")] = 500,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="val, test (hash split), or all; default: all rows of a file, else test."
+        ),
+    ] = None,
+    n: Annotated[
+        int | None, typer.Option(min=1, help="Prompts scored; default: every row, or 500.")
+    ] = None,
     teacher: Annotated[
         Path | None, typer.Option(help="Also report reverse KL to this teacher.")
     ] = None,
@@ -192,13 +199,18 @@ def eval_(
     from foresight.tasks import load_task
     from foresight.train.evaluate import evaluate
 
-    if split not in ("val", "test"):
-        raise UserError(f"Unknown split '{split}'; use val or test.")
+    user_file = task.endswith(USER_FILE_SUFFIXES)
+    split = split or ("all" if user_file else "test")
+    if split not in ("val", "test", "all") or (split == "all" and not user_file):
+        raise UserError(f"Unknown split '{split}'; use val or test (or all, for a task file).")
     task_cfg = (
         TaskConfig(name="jsonl", path=Path(task), verifier=verifier)
-        if task.endswith(USER_FILE_SUFFIXES)
+        if user_file
         else TaskConfig(name=task)
     )
+    loaded = load_task(task_cfg)
+    n = n or (sys.maxsize if user_file else 500)
+    rows = len(loaded.sample(split, n, 0))
     from foresight.lora import load_for_eval
 
     student, tokenizer = load_for_eval(model)  # a model folder or a LoRA checkpoint of a run
@@ -207,16 +219,10 @@ def eval_(
         teacher_model = load_model(teacher, "teacher")
         check_pair(tokenizer, load_tokenizer(teacher, "teacher"), student, teacher_model)
     scores = evaluate(
-        student,
-        tokenizer,
-        load_task(task_cfg),
-        split,
-        n,
-        max_new_tokens,
-        256,
-        teacher=teacher_model,
+        student, tokenizer, loaded, split, n, max_new_tokens, 256, teacher=teacher_model
     )
-    typer.echo(json.dumps(scores))
+    typer.echo(f"scored {rows} prompts of {task} (split {split})", err=True)
+    typer.echo(json.dumps({**scores, "eval/prompts": rows}))
 
 
 def main() -> None:

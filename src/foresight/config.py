@@ -75,8 +75,12 @@ class ModelConfig(Section):
 class TaskConfig(Section):
     name: str = Field("arith", description="Embedded task name, or 'jsonl' for a user's file.")
     path: Path | None = Field(
-        None, description="JSONL or Parquet (.parquet) file of prompt/answer[/solution] rows."
+        None,
+        description="JSONL or Parquet (.parquet) file of prompt/answer[/solution][/split] rows; "
+        "split by each row's 'split', else by val_path/test_path, else by a prompt hash (80/10/10).",
     )
+    val_path: Path | None = Field(None, description="Validation rows (with test_path): own file.")
+    test_path: Path | None = Field(None, description="Test rows (with val_path): own file.")
     verifier: str = Field(
         "exact",
         description="Verifier for a user task: exact, number, math or python:module:function.",
@@ -93,6 +97,10 @@ class TaskConfig(Section):
     def _path_iff_jsonl(self) -> TaskConfig:
         if (self.name == "jsonl") != (self.path is not None):
             raise ValueError("task.path is required exactly when task.name is 'jsonl'")
+        if (self.val_path is None) != (self.test_path is None) or (
+            self.val_path is not None and self.name != "jsonl"
+        ):
+            raise ValueError("task.val_path and task.test_path go together, with task.name 'jsonl'")
         template = self.teacher_prompt_template
         if template is not None and "{prompt}" not in template:
             raise ValueError("task.teacher_prompt_template must contain the placeholder {prompt}")

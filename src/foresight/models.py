@@ -289,6 +289,11 @@ def check_plain_head(model: PreTrainedModel, role: str) -> None:
         head_logits = model.get_output_embeddings()(
             model.get_decoder()(input_ids=ids).last_hidden_state
         )  # (1, 4, V)
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(
+            f"The {role} model gives NaN or inf logits, so its weights are broken (a diverged "
+            "run's checkpoint?); use an earlier checkpoint."
+        )
     if not torch.allclose(logits.float(), head_logits.float(), rtol=1e-3, atol=1e-4):
         raise UserError(
             f"The {role} model ({model.config.model_type}) post-processes its logits after the LM "

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError
 
 from foresight.errors import UserError
 from foresight.module_names import ATTENTION_KINDS, CONV1D_LEAVES, KINDS, MLP_KINDS, module_of
@@ -40,6 +42,18 @@ class TensorInfo:
         return len(self.shape) == 2 and self.kind in ATTENTION_KINDS | MLP_KINDS
 
 
+@contextmanager
+def _safetensors(file: Path) -> Iterator:
+    """safe_open, with a damaged file (truncated, not safetensors) reported as a UserError."""
+    try:
+        with _safetensors(file) as handle:
+            yield handle
+    except SafetensorError as exc:
+        raise UserError(
+            f"{file} is not a readable safetensors file ({exc}); re-save it or leave it out."
+        ) from None
+
+
 class ModelFolder:
     """The safetensors weights of one HF model folder, read one tensor at a time by name."""
 
@@ -48,7 +62,7 @@ class ModelFolder:
         self.files = _weight_files(self.path)  # tensor name -> shard file
         self.shapes: dict[str, tuple[int, ...]] = {}
         for file in sorted(set(self.files.values())):
-            with safe_open(file, framework="pt") as handle:
+            with _safetensors(file) as handle:
                 for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     self.shapes[name] = tuple(handle.get_slice(name).get_shape())
         if missing := sorted(set(self.files) - set(self.shapes)):
@@ -59,7 +73,7 @@ class ModelFolder:
 
     def read(self, name: str) -> torch.Tensor:
         """A float32 copy of one tensor; the shard is closed again before returning."""
-        with safe_open(self.files[name], framework="pt") as handle:
+        with _safetensors(self.files[name]) as handle:
             tensor = handle.get_tensor(name).to(torch.float32)
         # A diverged run's NaN would otherwise surface as an SVD convergence error.
         if not bool(torch.isfinite(tensor).all()):
@@ -84,7 +98,7 @@ def _weight_files(path: Path) -> dict[str, Path]:
         )
     names: dict[str, Path] = {}
     for file in files:
-        with safe_open(file, framework="pt") as handle:
+        with _safetensors(file) as handle:
             names.update(dict.fromkeys(handle.keys(), file))
     return names
 

@@ -27,7 +27,7 @@ def load_task(cfg: TaskConfig) -> Task:
     if cfg.name == JSONL_NAME:
         if cfg.difficulty is not None:
             raise UserError("task.difficulty applies only to embedded tasks; remove it for jsonl.")
-        return load_user_task(cfg.path, cfg.verifier)
+        return load_user_task(cfg.path, cfg.verifier, cfg.val_path, cfg.test_path)
     if cfg.name not in TASKS:
         valid = ", ".join([*TASKS, JSONL_NAME])
         raise UserError(f"Unknown task '{cfg.name}'; set task.name to one of: {valid}.")

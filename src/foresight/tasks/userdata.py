@@ -5,9 +5,11 @@ chosen by the file's suffix (.parquet or .pq is Parquet; anything else is JSON l
                 (`solution` optional, blank lines ignored); errors name the line number
     Parquet     columns prompt, answer and optionally solution; errors name the row (from 1)
 
-Rows are split by the same prompt hash as the embedded tasks (80/10/10), so a file can grow without
-moving old prompts between splits. Val and test are the split's first distinct prompts in file
-order; train draws with replacement.
+Splits, in order of precedence: a `split` field on every row (train, val or test); separate files
+(task.val_path and task.test_path: then task.path holds the training rows); else the same prompt
+hash as the embedded tasks (80/10/10), so a file can grow without moving old prompts between splits.
+Val and test are the split's first distinct prompts in file order; train draws with replacement;
+split "all" is every row in file order (`foresight eval --task FILE` scores it).
 """
 
 from __future__ import annotations
@@ -27,17 +29,28 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 LINES_FOR_ALL_SPLITS = 100
 
 
-def load_user_task(path: Path, verifier_spec: str) -> Task:
-    """A `Task` over the rows of a JSONL or Parquet file, checked by the verifier `verifier_spec`
-    names."""
+Row = tuple[str, Example, str | None]  # (where, example, the row's own split or None)
+
+
+def load_user_task(
+    path: Path, verifier_spec: str, val_path: Path | None = None, test_path: Path | None = None
+) -> Task:
+    """A `Task` over the rows of a JSONL or Parquet file (or one file per split), checked by the
+    verifier `verifier_spec` names."""
     verify = make_verifier(verifier_spec)
     numbered = read_examples(Path(path))
+    if val_path is not None and test_path is not None:
+        numbered = [(where, example, "train") for where, example, _ in numbered]
+        for split, split_path in (("val", val_path), ("test", test_path)):
+            numbered += [(w, e, split) for w, e, _ in read_examples(Path(split_path))]
     if verifier_spec == "number":
         check_numeric_answers(numbered)
-    examples = [example for _, example in numbered]
-    by_split = split_examples(path, examples)
+    examples = [example for _, example, _ in numbered]
+    by_split = split_examples(path, numbered)
 
     def sample(split: str, n: int, seed: int) -> list[Example]:
+        if split == "all":
+            return examples[:n]
         check_split(split)
         if split == "train":
             return split_rng(TASK_NAME, split, seed).choices(by_split["train"], k=n)
@@ -52,9 +65,11 @@ def is_parquet(path: Path) -> bool:
     return path.suffix.lower() in PARQUET_SUFFIXES
 
 
-def read_examples(path: Path) -> list[tuple[str, Example]]:
-    """(where, example) for every row, `where` naming its line or row for error messages."""
+def read_examples(path: Path) -> list[Row]:
+    """(where, example, split) for every row, `where` naming its line or row for error messages."""
     kind = "Parquet" if is_parquet(path) else "JSONL"
+    if path.is_dir():
+        raise UserError(f"task.path {path} is a folder; set it to a JSONL or Parquet file.")
     if not path.is_file():
         raise UserError(
             f"{kind} task file {path} does not exist; set task.path to a JSONL or Parquet file."
@@ -92,7 +107,7 @@ def read_errors() -> tuple[type[Exception], ...]:
     return DatasetGenerationError, ArrowException, ValueError, OSError
 
 
-def jsonl_examples(path: Path) -> list[tuple[str, Example]]:
+def jsonl_examples(path: Path) -> list[Row]:
     """JSON lines through `datasets`; the raw line is consulted where `datasets` loses information
     (a missing key and a null both read as None; ints in a float column read as floats)."""
     try:
@@ -112,9 +127,8 @@ def jsonl_examples(path: Path) -> list[tuple[str, Example]]:
     for (number, line), row in zip(numbered_lines, rows):
         where = f"{path} line {number}"
         if row is None or needs_raw_line(row):
-            examples.append((where, parse_line(where, line)))
-        else:
-            examples.append((where, parse_record(where, row)))
+            row = parse_line(where, line)
+        examples.append((where, parse_record(where, row), row_split(where, row)))
     return examples
 
 
@@ -126,7 +140,7 @@ def needs_raw_line(row: dict) -> bool:
     )
 
 
-def parquet_examples(path: Path) -> list[tuple[str, Example]]:
+def parquet_examples(path: Path) -> list[Row]:
     try:
         rows = dataset_rows(path, "parquet")
     except read_errors() as exc:
@@ -140,19 +154,28 @@ def parquet_examples(path: Path) -> list[tuple[str, Example]]:
                 f"Parquet task file {path} has no '{key}' column; it needs 'prompt' and 'answer'."
             )
     return [
-        (f"{path} row {n}", parse_record(f"{path} row {n}", row)) for n, row in enumerate(rows, 1)
+        (f"{path} row {n}", parse_record(f"{path} row {n}", row), row_split(f"{path} row {n}", row))
+        for n, row in enumerate(rows, 1)
     ]
 
 
-def parse_line(where: str, line: str) -> Example:
-    """One JSON line -> Example; a line that is not a JSON object is a UserError naming it."""
+def parse_line(where: str, line: str) -> dict:
+    """One JSON line -> its object; a line that is not a JSON object is a UserError naming it."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise UserError(f"{where} is not valid JSON ({exc.msg}); fix or delete the line.") from None
     if not isinstance(record, dict):
         raise UserError(f'{where} is not a JSON object; write {{"prompt": ..., "answer": ...}}.')
-    return parse_record(where, record)
+    return record
+
+
+def row_split(where: str, record: dict) -> str | None:
+    """The row's own `split` field (train, val or test), or None when it has none."""
+    split = record.get("split")
+    if split is not None and split not in SPLITS:
+        raise UserError(f"{where} has split '{split}'; use train, val or test (or drop the field).")
+    return split
 
 
 def parse_record(where: str, record: dict) -> Example:
@@ -173,9 +196,9 @@ def parse_record(where: str, record: dict) -> Example:
     return Example(prompt, str(answer), solution)
 
 
-def check_numeric_answers(numbered: list[tuple[str, Example]]) -> None:
+def check_numeric_answers(numbered: list[Row]) -> None:
     """The `number` verifier compares floats, so every answer must parse as a finite number."""
-    for where, example in numbered:
+    for where, example, _ in numbered:
         try:
             value = float(example.answer)
         except ValueError:
@@ -187,21 +210,29 @@ def check_numeric_answers(numbered: list[tuple[str, Example]]) -> None:
             )
 
 
-def split_examples(path: Path, examples: list[Example]) -> dict[str, list[Example]]:
-    """Examples per split in file order; val/test keep the first line of each repeated prompt."""
+def split_examples(path: Path, numbered: list[Row]) -> dict[str, list[Example]]:
+    """Examples per split in file order (each row's own split, when every row has one, else the
+    prompt hash); val/test keep the first line of each repeated prompt."""
+    given = [split for _, _, split in numbered]
+    if any(given) and not all(given):
+        where = next(where for where, _, split in numbered if split is None)
+        raise UserError(f"{where} has no 'split' while other rows have one; give every row one.")
     by_split: dict[str, list[Example]] = {split: [] for split in SPLITS}
     seen: set[str] = set()
-    for example in examples:
-        split = split_of(example.prompt)
+    for (_, example, split), hashed in zip(numbered, (split_of(e.prompt) for _, e, _ in numbered)):
+        split = split or hashed
         if split != "train" and example.prompt in seen:
             continue
         seen.add(example.prompt)
         by_split[split].append(example)
     for split, members in by_split.items():
         if not members:
-            raise UserError(
-                f"Task file {path} has no prompts in its '{split}' split (a hash of each "
-                f"prompt sends 10% to val and 10% to test), so add lines until it has about "
-                f"{LINES_FOR_ALL_SPLITS} distinct prompts."
+            how = (
+                "give some rows that split"
+                if all(given)
+                else f"add lines until it has about {LINES_FOR_ALL_SPLITS} distinct prompts (a "
+                "hash of each prompt sends 10% to val and 10% to test), or give the splits as "
+                "files (task.val_path, task.test_path) or a 'split' field"
             )
+            raise UserError(f"Task file {path} has no prompts in its '{split}' split; {how}.")
     return by_split
