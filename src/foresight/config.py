@@ -79,6 +79,11 @@ class TaskConfig(Section):
         description="JSONL or Parquet (.parquet) file of prompt/answer[/solution][/split] rows; "
         "split by each row's 'split', else by val_path/test_path, else by a prompt hash (80/10/10).",
     )
+    too_long: Literal["error", "drop", "truncate_left"] = Field(
+        "error",
+        description="A prompt that leaves no room for rollout.max_new_tokens in the model's "
+        "context: error (naming its line), drop the row, or cut the prompt's start.",
+    )
     val_path: Path | None = Field(None, description="Validation rows (with test_path): own file.")
     test_path: Path | None = Field(None, description="Test rows (with val_path): own file.")
     verifier: str = Field(

@@ -15,19 +15,20 @@ from foresight.tasks.arith import make_arith
 from foresight.tasks.base import Example, Task
 from foresight.tasks.modchain import make_modchain
 from foresight.tasks.userdata import TASK_NAME as JSONL_NAME
-from foresight.tasks.userdata import load_user_task
+from foresight.tasks.userdata import Row, load_user_task
 
 __all__ = ["TASKS", "Example", "Task", "load_task"]
 
 TASKS: dict[str, Callable[[int | None], Task]] = {"arith": make_arith, "modchain": make_modchain}
 
 
-def load_task(cfg: TaskConfig) -> Task:
-    """The task `cfg` names: an embedded family at its difficulty, or a JSONL/Parquet file."""
+def load_task(cfg: TaskConfig, fit: Callable[[list[Row]], list[Row]] | None = None) -> Task:
+    """The task `cfg` names: an embedded family at its difficulty, or a JSONL/Parquet file (whose
+    rows `fit` may check against a model's context; embedded prompts are short by design)."""
     if cfg.name == JSONL_NAME:
         if cfg.difficulty is not None:
             raise UserError("task.difficulty applies only to embedded tasks; remove it for jsonl.")
-        return load_user_task(cfg.path, cfg.verifier, cfg.val_path, cfg.test_path)
+        return load_user_task(cfg.path, cfg.verifier, cfg.val_path, cfg.test_path, fit)
     if cfg.name not in TASKS:
         valid = ", ".join([*TASKS, JSONL_NAME])
         raise UserError(f"Unknown task '{cfg.name}'; set task.name to one of: {valid}.")

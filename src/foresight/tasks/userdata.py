@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from foresight.errors import UserError
@@ -33,16 +34,23 @@ Row = tuple[str, Example, str | None]  # (where, example, the row's own split or
 
 
 def load_user_task(
-    path: Path, verifier_spec: str, val_path: Path | None = None, test_path: Path | None = None
+    path: Path,
+    verifier_spec: str,
+    val_path: Path | None = None,
+    test_path: Path | None = None,
+    fit: Callable[[list[Row]], list[Row]] | None = None,
 ) -> Task:
     """A `Task` over the rows of a JSONL or Parquet file (or one file per split), checked by the
-    verifier `verifier_spec` names."""
+    verifier `verifier_spec` names; `fit` may refuse, drop or shorten rows (prompts too long for a
+    model's context, train/rollout.py `prompt_fit`)."""
     verify = make_verifier(verifier_spec)
     numbered = read_examples(Path(path))
     if val_path is not None and test_path is not None:
         numbered = [(where, example, "train") for where, example, _ in numbered]
         for split, split_path in (("val", val_path), ("test", test_path)):
             numbered += [(w, e, split) for w, e, _ in read_examples(Path(split_path))]
+    if fit is not None:
+        numbered = fit(numbered)
     if verifier_spec == "number":
         check_numeric_answers(numbered)
     examples = [example for _, example, _ in numbered]

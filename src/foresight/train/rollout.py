@@ -12,13 +12,16 @@ sampling seeds come from (run seed, step) only, so every step is reproducible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.config import Config
-from foresight.tasks import Example, Task
+from foresight.errors import UserError
+from foresight.tasks import Example, Row, Task
 from foresight.templates import encode_chat_prompts, stop_ids, uses_chat
 
 
@@ -306,3 +309,51 @@ def student_batch(
     verified = [float(task.verify(c, a)) for c, a in zip(completions, answers)]
     rewards = torch.tensor(verified)  # (B·G,)
     return StepBatch(rollout, rewards)
+
+
+def prompt_fit(
+    tokenizer: PreTrainedTokenizerBase, limit: int, policy: str
+) -> Callable[[list[Row]], list[Row]]:
+    """Check a user task's rows against `limit` prompt tokens (the context left after
+    rollout.max_new_tokens): `policy` error refuses the first row over it, naming its line; drop
+    leaves such rows out; truncate_left cuts each prompt's start until it fits. Says what it did."""
+
+    def fit(rows: list[Row]) -> list[Row]:
+        lengths = [len(ids) for ids in encode_prompts(tokenizer, [e.prompt for _, e, _ in rows])]
+        over = [i for i, length in enumerate(lengths) if length > limit]
+        if not over:
+            return rows
+        where, example, _ = rows[over[0]]
+        if policy == "error":
+            raise UserError(
+                f"{where} has a prompt of {lengths[over[0]]} tokens, more than the {limit} that "
+                "leave room for rollout.max_new_tokens in the model's context; shorten it, or set "
+                "task.too_long to drop or truncate_left."
+            )
+        done = "dropped" if policy == "drop" else "cut the start of"
+        print(f"task: {done} {len(over)} prompt(s) over {limit} tokens", file=sys.stderr)
+        if policy == "drop":
+            return [row for i, row in enumerate(rows) if i not in set(over)]
+        fitted = list(rows)
+        for i in over:
+            where, example, split = rows[i]
+            fitted[i] = (
+                where,
+                replace(example, prompt=_cut_left(tokenizer, example.prompt, limit)),
+                split,
+            )
+        return fitted
+
+    return fit
+
+
+def _cut_left(tokenizer: PreTrainedTokenizerBase, prompt: str, limit: int) -> str:
+    """The longest end of `prompt` whose encoding fits `limit` tokens (binary search on its start)."""
+    low, high = 0, len(prompt)  # prompt[high:] == "" always fits
+    while low < high:
+        middle = (low + high) // 2
+        if len(encode_prompts(tokenizer, [prompt[middle:]])[0]) <= limit:
+            high = middle
+        else:
+            low = middle + 1
+    return prompt[low:]

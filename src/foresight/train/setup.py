@@ -6,7 +6,9 @@ The loop itself is in loop.py.
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from foresight.models import load_model, load_tokenizer, paired_teacher
 from foresight.tasks import Task, load_task
 from foresight.train.distributed import Distributed
 from foresight.train.loss import OBJECTIVES, Objective
+from foresight.train.rollout import prompt_fit
 from foresight.train.sft_batches import TeacherCompletions
 
 
@@ -67,13 +70,20 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
 def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None = None) -> Trainer:
     """Load task, models and optimizer; `student_dir` overrides model.student (used by resume)."""
     dist = dist or Distributed()
-    task = load_task(cfg.task)
     torch.manual_seed(cfg.train.seed)  # anything not driven by an explicit generator
     resumed_from = student_dir
     student_dir = student_dir or cfg.model.student
     # A LoRA checkpoint holds only the adapter: tokenizer and base weights come from model.student.
     weights_dir = cfg.model.student if cfg.lora.enabled else student_dir
     tokenizer = load_tokenizer(weights_dir, "student", cfg.model.chat_template)
+    context = context_length(weights_dir, cfg.model.teacher)
+    room = context - cfg.rollout.max_new_tokens
+    if room < 1:
+        raise UserError(
+            f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens}) fills the model's whole "
+            f"context ({context} tokens); lower it."
+        )
+    task = load_task(cfg.task, prompt_fit(tokenizer, room, cfg.task.too_long))
     # Student weights stay float32 (AdamW's updates at lr ~1e-6 vanish in bfloat16 weights);
     # model.dtype=bfloat16 runs its forward passes under autocast instead (Trainer.compute).
     student = load_model(
@@ -118,6 +128,19 @@ def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None
     return Trainer(
         cfg, task, student, teacher, reference, tokenizer, optimizer, scheduler, objective, dist
     )
+
+
+def context_length(*folders: Path | None) -> int:
+    """The shortest max_position_embeddings of the given model folders (a huge number if none
+    states one)."""
+    lengths = []
+    for folder in filter(None, folders):
+        config = Path(folder) / "config.json"
+        if config.is_file():
+            text_config = json.loads(config.read_text()).get("text_config") or {}
+            found = json.loads(config.read_text()).get("max_position_embeddings")
+            lengths.append(found or text_config.get("max_position_embeddings") or sys.maxsize)
+    return min(lengths, default=sys.maxsize)
 
 
 def frozen(model: PreTrainedModel) -> PreTrainedModel:
