@@ -82,13 +82,12 @@ def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 
 def test_killed_run_resumes_to_exactly_the_uninterrupted_weights(micro_pair, tmp_path):
     steps = 6
-    reference = micro_config(
-        *micro_pair, tmp_path / "reference", train={"steps": steps}, eval={"every": 2}
-    )
+    # Bit for bit only on the same thread count: the reference trains in this process, the
+    # interrupted run in a subprocess, so both name it (train.threads) rather than inherit it.
+    sections = {"train": {"steps": steps, "threads": 1}, "eval": {"every": 2}}
+    reference = micro_config(*micro_pair, tmp_path / "reference", **sections)
     train(reference)
-    interrupted = micro_config(
-        *micro_pair, tmp_path / "interrupted", train={"steps": steps}, eval={"every": 2}
-    )
+    interrupted = micro_config(*micro_pair, tmp_path / "interrupted", **sections)
     config_file = tmp_path / "interrupted.yaml"
     config_file.write_text(config_to_yaml(interrupted))
     kill_after = random.Random().randint(1, steps - 2)  # a random step, reported on failure
