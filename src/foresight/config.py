@@ -242,8 +242,10 @@ class DynamicsConfig(Section):
     overlap_k: list[int] = Field(
         [1, 5, 20], description="Subspace sizes k of the overlap ||U_t,k^T U_T,k||_F^2 / k."
     )
-    svd_solver: Literal["lowrank", "exact"] = Field(
-        "lowrank", description="Top singular vectors: randomized (torch.svd_lowrank) or exact SVD."
+    svd_solver: Literal["auto", "lowrank", "exact"] = Field(
+        "auto",
+        description="Top singular vectors: auto = exact SVD for matrices with a side <= 128 "
+        "(as fast there), randomized (torch.svd_lowrank) above; or force exact or lowrank.",
     )
     svd_niter: int = Field(4, ge=0, description="Power iterations of the randomized solver.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the randomized solver.")

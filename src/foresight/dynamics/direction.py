@@ -1,9 +1,10 @@
 """Direction of the update: top singular vectors, alignment with the final update, trajectory PCA.
 
-Only the top-K left singular vectors of each dW are needed (K = 20 in the paper), so by default a
-randomized solver (`torch.svd_lowrank`, Halko et al.) finds them at a fraction of a full SVD's cost;
-`solver="exact"` takes them from `torch.linalg.svd`. tests/dynamics/test_direction.py pins the two
-against each other on matrices with a decaying spectrum.
+Only the top-K left singular vectors of each dW are needed (K = 20 in the paper). `solver="auto"`
+(the default) takes them from the exact `torch.linalg.svd` for matrices whose smaller side is at most
+EXACT_MAX_SIDE, where it costs about as much as the randomized solver (benchmarks/svd_solvers.py,
+docs/metrics.md), and from the randomized `torch.svd_lowrank` (Halko et al.) above it, where the
+exact SVD is 10-70x slower; "exact" and "lowrank" force one of them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import torch
 # Extra random directions of the randomized solver beyond the K wanted: with 10, the error in the
 # top-K vectors falls with the gap s_K / s_{K+10} (Halko, Martinsson & Tropp 2011, Sec. 10).
 OVERSAMPLE = 10
+# Measured crossover (benchmarks/svd_solvers.py, docs/metrics.md): up to a smaller side of 128 the
+# exact SVD takes at most a few ms and 0.5-2.6x the randomized solver's time; at 576 it is 10-20x.
+EXACT_MAX_SIDE = 128
 
 
 def top_left_vectors(
-    delta_w: torch.Tensor, k: int, solver: str = "lowrank", niter: int = 4, seed: int = 0
+    delta_w: torch.Tensor, k: int, solver: str = "auto", niter: int = 4, seed: int = 0
 ) -> torch.Tensor:
     """The k leading left singular vectors of delta_w (m, n) as columns: (m, min(k, m, n)).
 
@@ -26,7 +30,8 @@ def top_left_vectors(
     """
     rank = min(delta_w.shape)
     k = min(k, rank)
-    if solver == "exact" or k + OVERSAMPLE >= rank:
+    exact = solver == "exact" or (solver == "auto" and rank <= EXACT_MAX_SIDE)
+    if exact or k + OVERSAMPLE >= rank:
         # Small matrices: the randomized sketch would be as large as the matrix itself.
         u, _, _ = torch.linalg.svd(delta_w, full_matrices=False)  # (m, R)
         return u[:, :k]
