@@ -247,3 +247,46 @@ def test_prepare_never_replaces_models_silently(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, *args)  # no prepare.json: not prepare's folder
     assert code == 2 and one_sentence(err) and "prepare.json" in err, err
     assert (target / "base" / "config.json").read_text() == "{}"
+
+
+KILL_INSIDE_WRITE = """
+import os, signal, sys
+import foresight.checkpoint as checkpoint
+
+real = checkpoint._write
+
+def dies_mid_write(folder, step, model, *args):
+    if step == 3:  # the weights are on disk, the state and manifest are not
+        model.save_pretrained(folder)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(folder, step, model, *args)
+
+checkpoint._write = dies_mid_write
+from foresight.cli import main
+sys.argv = ["foresight", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_inside_a_checkpoint_write_resumes_bit_identical(tmp_path):
+    args = ["train", "configs/tiny.yaml", *FAST, "--set", "train.steps=4"]
+    args += ["--set", "train.checkpoint_every=1"]
+    for name, prefix in (("whole", ["-m", "foresight"]), ("killed", ["-c", KILL_INSIDE_WRITE])):
+        command = [sys.executable, *prefix, *args, "--set", f"train.out_dir={tmp_path / name}"]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == (0 if name == "whole" else -9), result.stderr[-2000:]
+    killed = tmp_path / "killed"
+    assert list((killed / "checkpoints").glob("step-000003.tmp-*"))  # half a checkpoint left
+    command = [sys.executable, "-m", "foresight", *args, "--set", f"train.out_dir={killed}"]
+    result = subprocess.run(
+        [*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "from step 2" in result.stderr, result.stderr[-2000:]
+    assert not list((killed / "checkpoints").glob("*.tmp-*"))
+    for step in (3, 4):
+        expected, got = (
+            load_file(tmp_path / run / "checkpoints" / f"step-00000{step}" / "model.safetensors")
+            for run in ("whole", "killed")
+        )
+        assert all(torch.equal(expected[k], got[k]) for k in expected), f"step {step} differs"
