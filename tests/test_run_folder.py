@@ -11,15 +11,17 @@ import errno
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from foresight.cli import main
+from foresight.prepare import remove_dead_scratch
 from foresight.run_folder import RUN_MARKER, RunLock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,10 +218,14 @@ def test_skip_drops_non_finite_steps_and_goes_on(monkeypatch, capsys, tmp_path):
         ("model.teacher_device=mps", "model.teacher_device"),
         ("model.teacher=README.md", "is a file"),
         ("task.name=jsonl", "task.path"),
+        ("task.path=configs", "is a folder"),
     ],
 )
 def test_bad_settings_get_exit_2_and_one_sentence(monkeypatch, capsys, tmp_path, setting, words):
-    code, _, err = train(monkeypatch, capsys, tmp_path / "run", "--set", setting)
+    if setting.startswith("task.path"):
+        setting = f"{setting} --set task.name=jsonl"
+    extra = [part for item in setting.split(" --set ") for part in ("--set", item)]
+    code, _, err = train(monkeypatch, capsys, tmp_path / "run", *extra)
     assert code == 2 and one_sentence(err) and words in err, err
     assert not (tmp_path / "run").exists()  # refused before the folder was made
 
@@ -290,3 +296,28 @@ def test_sigkill_inside_a_checkpoint_write_resumes_bit_identical(tmp_path):
             for run in ("whole", "killed")
         )
         assert all(torch.equal(expected[k], got[k]) for k in expected), f"step {step} differs"
+
+
+def test_analyze_and_eval_refuse_broken_checkpoints_in_one_sentence(monkeypatch, capsys, tmp_path):
+    run = tmp_path / "run"
+    assert train(monkeypatch, capsys, run, "--set", "train.checkpoint_every=1")[0] == 0
+    weights = run / "checkpoints" / "step-000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])  # truncated
+    code, _, err = run_cli(monkeypatch, capsys, "analyze", str(run), "--out", str(tmp_path / "a"))
+    assert code == 2 and one_sentence(err) and "safetensors" in err, err
+    nan_model = tmp_path / "nan"
+    shutil.copytree(REPO / "models" / "arith" / "base", nan_model)
+    tensors = load_file(nan_model / "model.safetensors")
+    save_file({k: v * math.nan for k, v in tensors.items()}, nan_model / "model.safetensors")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(nan_model), "--n", "4")
+    assert code == 2 and one_sentence(err) and "NaN" in err, err
+
+
+def test_killed_prepares_scratch_folders_are_removed(tmp_path):
+    out = tmp_path / "models" / "arith"
+    out.parent.mkdir()
+    dead = out.parent / ".arith.tmp-999999-abc"  # no such process
+    alive = out.parent / f".arith.tmp-{os.getpid()}-abc"  # this one is running
+    dead.mkdir(), alive.mkdir()
+    remove_dead_scratch(out)
+    assert not dead.exists() and alive.exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from foresight.errors import UserError
 from foresight.module_names import ATTENTION_KINDS, CONV1D_LEAVES, KINDS, MLP_KINDS, module_of
@@ -46,7 +46,7 @@ class TensorInfo:
 def _safetensors(file: Path) -> Iterator:
     """safe_open, with a damaged file (truncated, not safetensors) reported as a UserError."""
     try:
-        with _safetensors(file) as handle:
+        with safe_open(file, framework="pt") as handle:
             yield handle
     except SafetensorError as exc:
         raise UserError(
