@@ -1,7 +1,8 @@
 """`foresight analyze`: the weight-dynamics report of a run or of any series of HF checkpoints.
 
     foresight analyze RUN --out DIR                      # RUN/checkpoints/step-XXXXXX
-    foresight analyze BASE CKPT_1 ... CKPT_N --out DIR   # steps from the folder names
+    foresight analyze BASE CKPT_1 ... CKPT_N --out DIR   # steps from trainer_state.json or names
+    foresight analyze BASE final other --steps 500,100   # folders with any names, steps given
     foresight analyze --compare RUN_A RUN_B --out DIR    # a report per run + comparison
     foresight analyze RUN --probes --set dynamics.window=4
 
@@ -50,10 +51,25 @@ def analyze_command(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a setting: dynamics.key=value.")
     ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(help="BASE CKPT... form: the checkpoints' steps in order, e.g. 100,200,500."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out (its files are replaced).")
+    ] = False,
 ) -> None:
     """Measure what training did to the weights: metrics, tables, figures and report.html."""
     from foresight.dynamics.analysis import compare
 
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"No such folder: {path}; check the path.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(
+            f"{out} is not empty; pass --overwrite to replace its report, or a new --out."
+        )
+    given_steps = _parse_steps(steps, len(paths) - 1) if steps is not None else None
     console = Console()
     if compare_runs:
         reports = {}
@@ -61,11 +77,23 @@ def analyze_command(
             if run.name in reports:
                 raise UserError(f"Two runs are named '{run.name}'; rename one folder or copy it.")
             reports[run.name] = out / run.name
-            _analyze_one([run], reports[run.name], base, probes, task, overrides, console)
+            _analyze_one([run], reports[run.name], base, probes, task, overrides, console, None)
         compare(reports, out)
         console.print(f"comparison of {len(reports)} runs: {out / 'report.html'}")
         return
-    _analyze_one(paths, out, base, probes, task, overrides, console)
+    _analyze_one(paths, out, base, probes, task, overrides, console, given_steps)
+
+
+def _parse_steps(text: str, expected: int) -> list[int]:
+    try:
+        steps = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--steps {text} is not a comma-separated list of integers.") from None
+    if len(steps) != expected:
+        raise UserError(
+            f"--steps gives {len(steps)} steps for {expected} checkpoint folders; give one each."
+        )
+    return steps
 
 
 def _analyze_one(
@@ -76,12 +104,17 @@ def _analyze_one(
     task: str | None,
     overrides: list[str] | None,
     console: Console,
+    given_steps: list[int] | None,
 ) -> None:
     from foresight.dynamics.analysis import analyze
     from foresight.dynamics.reading import checkpoints_of, run_config, step_of
 
     run_cfg: dict[str, Any] = {}
     if len(paths) == 1:
+        if given_steps is not None:
+            raise UserError(
+                "--steps applies to the BASE CKPT... form; a run folder names its steps."
+            )
         checkpoints = checkpoints_of(paths[0])
         # With --base a run folder from another trainer may lack our config.yaml.
         has_config = (paths[0] / "config.yaml").is_file()
@@ -90,7 +123,8 @@ def _analyze_one(
     else:
         if base is not None:
             raise UserError("Pass the base either as the first path or with --base, not both.")
-        base, checkpoints = paths[0], [(step_of(path), path) for path in paths[1:]]
+        steps = given_steps or [step_of(path) for path in paths[1:]]
+        base, checkpoints = paths[0], sorted(zip(steps, paths[1:]))
     cfg = _dynamics_config(run_cfg.get("dynamics") or {}, overrides or [])
     scorer = _scorer(run_cfg, task, base, cfg) if probes else None
     summary = analyze(base, checkpoints, out, cfg, scorer)

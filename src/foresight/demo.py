@@ -98,7 +98,9 @@ def run_demo(
             "effopd_train_seconds": round(jumped["train_seconds"], 1),
             "effopd_accepted_multipliers": jumped["accepted_multipliers"],
         }
+    report = analyze_run(cfg, run_dir / "opd", run_dir / "analysis")
     summary |= {
+        "analysis_report": str(report),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "test_prompts": test_prompts,
         "run_dir": str(run_dir),
@@ -106,6 +108,15 @@ def run_demo(
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print_summary(summary)
     return summary
+
+
+def analyze_run(cfg: Config, run: Path, out: Path) -> Path:
+    """`foresight analyze RUN`: what the OPD run did to the weights, as report.html."""
+    from foresight.dynamics.analysis import analyze
+    from foresight.dynamics.reading import checkpoints_of
+
+    analyze(Path(cfg.model.student), checkpoints_of(run), out, cfg.dynamics, None)
+    return out / "report.html"
 
 
 def print_summary(summary: dict) -> None:

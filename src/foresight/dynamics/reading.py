@@ -172,12 +172,22 @@ def checkpoints_of(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def step_of(folder: Path) -> int:
-    """The training step in a checkpoint folder's name (`step-000120`, `checkpoint-120`)."""
-    match = re.search(r"(\d+)$", Path(folder).name)
+    """The training step of a checkpoint folder: from its trainer_state.json (Hugging Face and TRL
+    trainers) or foresight.json when present, else the digits its name ends in (`checkpoint-120`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"No such checkpoint folder: {folder}; check the path.")
+    for name, key in (("trainer_state.json", "global_step"), ("foresight.json", "step")):
+        if (folder / name).is_file():
+            try:
+                return int(json.loads((folder / name).read_text())[key])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                pass  # an unreadable state file: fall back to the name
+    match = re.search(r"(\d+)$", folder.name)
     if match is None:
         raise UserError(
-            f"Cannot read a step number from checkpoint folder name '{Path(folder).name}'; "
-            "rename it to end in its step, e.g. step-000120."
+            f"Cannot tell the step of checkpoint folder {folder} (no trainer_state.json, no digits "
+            "at the end of its name); pass the steps in order with --steps, e.g. --steps 100,200."
         )
     return int(match.group(1))
 
