@@ -26,7 +26,10 @@ d = heads x head_dim:
 
 Run: .venv/bin/python benchmarks/throughput.py [--config configs/demo.yaml] [--steps 8] [--warmup 2]
      [--threads 1] [--set model.dtype=bfloat16 --set model.teacher_dtype=bfloat16] [--profile]
-It also reports the median page faults per step and the peak RSS; --profile adds one step under
+     [--versus-library-attention]
+--versus-library-attention alternates steps with the student's attention switched back to the
+library's plain SDPA (a bfloat16 student on a CPU otherwise attends in float32, train/setup.py) and
+prints both medians per phase. It also reports the median page faults per step and the peak RSS; --profile adds one step under
 torch.profiler, its self CPU time per phase split into matrix products, attention kernels (torch's
 scaled_dot_product_attention) and the rest (the profiler's own per-operation cost inflates the rest).
 """
@@ -194,19 +197,41 @@ def op_profile(clocks: PhaseClocks, trainer, step: int) -> dict[str, dict[str, f
     return split
 
 
+def library_attention_step(clocks: "PhaseClocks", trainer, step: int) -> dict:
+    """One step with the student's attention switched back to the library's plain SDPA (what a
+    bfloat16 student on a CPU runs without setup.float32_attention_on_cpu), then switched again."""
+    own = trainer.student.config._attn_implementation
+    trainer.student.set_attn_implementation("sdpa")
+    try:
+        return clocks.step(trainer, step)
+    finally:
+        trainer.student.set_attn_implementation(own)
+
+
 def measure(
-    config: Path, steps: int, warmup: int, overrides: list[str], profile: bool = False
+    config: Path,
+    steps: int,
+    warmup: int,
+    overrides: list[str],
+    profile: bool = False,
+    versus: bool = False,
 ) -> dict:
     cfg = load_config(config, overrides)
     trainer = setup(cfg)
     for step in range(1, warmup + 1):
         train_step(trainer, step)
     clocks = PhaseClocks(trainer.optimizer)
-    records = [clocks.step(trainer, step) for step in range(warmup + 1, warmup + steps + 1)]
-    split = op_profile(clocks, trainer, warmup + steps + 1) if profile else None
+    records, library = [], []
+    for index, step in enumerate(range(warmup + 1, warmup + steps + 1)):
+        if versus and index % 2 == 0:  # which side goes first alternates
+            library.append(library_attention_step(clocks, trainer, step + steps))
+        records.append(clocks.step(trainer, step))
+        if versus and index % 2 == 1:
+            library.append(library_attention_step(clocks, trainer, step + steps))
+    split = op_profile(clocks, trainer, warmup + 2 * steps + 1) if profile else None
 
-    def median(key: str) -> dict[str, float]:
-        return {name: statistics.median(r[key].get(name, 0.0) for r in records) for name in PHASES}
+    def median(key: str, rows: list[dict] = records) -> dict[str, float]:
+        return {name: statistics.median(r[key].get(name, 0.0) for r in rows) for name in PHASES}
 
     def flops(model: torch.nn.Module) -> list[tuple[float, float]]:
         return [phase_flops(model, r["row_lengths"], r["completion_lengths"]) for r in records]
@@ -233,6 +258,12 @@ def measure(
         "page_faults_per_step": statistics.median(r["page_faults"] for r in records),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "op_profile_s": split,
+        "versus_library_attention": {
+            "median_step_cpu_s": statistics.median(r["cpu"] for r in library),
+            "phase_cpu_s": median("cpu_phases", library),
+        }
+        if versus
+        else None,
         "phase_flops": {
             "generation": statistics.median(f for f, _ in student),
             "teacher scoring": statistics.median(f for f, _ in teacher),
@@ -281,6 +312,14 @@ def print_report(result: dict) -> None:
                 f"{achieved / rates['float32']:>11.1%}{achieved / rates['bfloat16']:>11.1%}"
             )
         print(line)
+    if result["versus_library_attention"]:
+        other = result["versus_library_attention"]
+        print(f"steps alternating with the library's SDPA attention ({result['dtype']}):")
+        print(f"{'phase':<18}{'this CPU s':>11}{'library CPU s':>14}{'ratio':>7}")
+        rows = [("whole step", result["median_step_cpu_s"], other["median_step_cpu_s"])]
+        rows += [(n, result["phase_cpu_s"][n], other["phase_cpu_s"][n]) for n in PHASES]
+        for name, ours, theirs in rows:
+            print(f"{name:<18}{ours:>11.3f}{theirs:>14.3f}{theirs / max(ours, 1e-9):>7.2f}")
     if result["op_profile_s"]:
         print("one profiled step, self CPU s by operation (profiler overhead included):")
         print(f"{'phase':<18}{'matmul':>8}{'attention':>10}{'other':>8}")
@@ -300,11 +339,23 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="one more step under torch.profiler, split by op"
     )
+    parser.add_argument(
+        "--versus-library-attention",
+        action="store_true",
+        help="alternate steps with the student's attention as the library's plain SDPA",
+    )
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
     rates = {"float32": mm_rate(torch.float32), "bfloat16": mm_rate(torch.bfloat16)}
-    result = measure(args.config, args.steps, args.warmup, args.overrides, args.profile)
+    result = measure(
+        args.config,
+        args.steps,
+        args.warmup,
+        args.overrides,
+        args.profile,
+        args.versus_library_attention,
+    )
     result |= {
         "mm_flops_per_cpu_s": rates,
         "device": "cpu",

@@ -176,7 +176,9 @@ def test_checkpoints_of_skips_partial_writes(tmp_path):
 
 
 def test_step_of_reads_trailing_digits(tmp_path):
+    for name in ("step-000120", "checkpoint-500", "final"):
+        (tmp_path / name).mkdir()
     assert step_of(tmp_path / "step-000120") == 120
     assert step_of(tmp_path / "checkpoint-500") == 500
-    with pytest.raises(UserError, match="Cannot read a step"):
+    with pytest.raises(UserError, match="Cannot tell the step"):
         step_of(tmp_path / "final")

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from foresight.config import Config, OptimConfig
 from foresight.errors import UserError
@@ -93,6 +95,8 @@ def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None
         cfg.model.device,
         cfg.model.gradient_checkpointing,
     )
+    if cfg.model.dtype == "bfloat16":
+        float32_attention_on_cpu(student)
     if cfg.lora.enabled:  # only the adapters train (lora.py)
         student = wrap_student(student, cfg.lora, resumed_from)
     student = dist.shard(student)  # FSDP2 under torchrun; unchanged in one process
@@ -128,6 +132,30 @@ def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None
     return Trainer(
         cfg, task, student, teacher, reference, tokenizer, optimizer, scheduler, objective, dist
     )
+
+
+FLOAT32_SDPA = "foresight_float32_sdpa"
+
+
+def float32_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """The library's SDPA attention with query, key and value in float32 and autocast off, the
+    result cast back to the value's dtype (bfloat16 under autocast)."""
+    with torch.autocast("cpu", enabled=False):
+        attended, weights = sdpa_attention_forward(
+            module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+        )
+    return attended.to(value.dtype), weights
+
+
+def float32_attention_on_cpu(student: PreTrainedModel) -> None:
+    """A bfloat16 student on a CPU attends in float32: torch's CPU SDPA kernel is several times
+    slower in bfloat16, backward above all (benchmarks/throughput.py --attention measures it).
+    Registered with the library's AttentionInterface and the sdpa masks; not saved in checkpoints."""
+    if student.device.type != "cpu" or student.config._attn_implementation != "sdpa":
+        return
+    AttentionInterface.register(FLOAT32_SDPA, float32_sdpa)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(FLOAT32_SDPA, sdpa_mask)  # sdpa's own padding masks
+    student.set_attn_implementation(FLOAT32_SDPA)
 
 
 def context_length(*folders: Path | None) -> int:
