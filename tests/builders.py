@@ -61,3 +61,19 @@ def micro_config(student: Path, teacher: Path, out_dir: Path, **sections: dict) 
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return Config.model_validate(raw)
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`foresight ARGS` in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from foresight.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["foresight", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

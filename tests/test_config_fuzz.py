@@ -7,14 +7,13 @@ Run: .venv/bin/python -m pytest tests/test_config_fuzz.py -q
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from builders import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foresight.cli import main
 from foresight.config import Config, load_config
 from foresight.errors import UserError
 
@@ -97,13 +96,7 @@ def test_any_config_runs_or_exits_2_with_one_sentence(
     for assignment in [*overrides, *PINNED]:
         args += ["--set", assignment]
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(sys, "argv", ["foresight", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    err = capsys.readouterr().err
+    code, _, err = run_cli(monkeypatch, capsys, *args)
     if code == 0:
         assert (run / "checkpoints" / "step-000001").is_dir(), overrides
     else:

@@ -16,11 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import builders
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from foresight.cli import main
 from foresight.prepare import remove_dead_scratch
 from foresight.run_folder import RUN_MARKER, RunLock
 
@@ -31,14 +31,7 @@ FAST += ["--set", "eval.n_prompts=4", "--set", "log.progress=false"]
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(sys, "argv", ["foresight", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return builders.run_cli(monkeypatch, capsys, *args)
 
 
 def train(monkeypatch, capsys, run: Path, *extra: str) -> tuple[int, str, str]:
@@ -268,7 +261,6 @@ def dies_mid_write(folder, step, model, *args):
     return real(folder, step, model, *args)
 
 checkpoint._write = dies_mid_write
-from foresight.cli import main
 sys.argv = ["foresight", *sys.argv[1:]]
 main()
 """
