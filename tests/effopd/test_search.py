@@ -16,6 +16,7 @@ from foresight.checkpoint import load_trainer_state
 from foresight.config import EffOPDConfig
 from foresight.effopd.extrapolate import extrapolated_names, snapshot
 from foresight.effopd.search import EffOPD, is_search_step
+from foresight.errors import UserError
 from foresight.log import read_metrics
 from foresight.models import load_model
 from foresight.train.loop import train
@@ -73,6 +74,14 @@ def test_module_filter_takes_attention_and_mlp_weights_only(family):
     assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert len(names) == 7 * SIZES["num_hidden_layers"]
     assert not any("embed" in n or "lm_head" in n or "norm" in n for n in names)
+
+
+def test_modules_that_select_no_weight_are_refused():
+    model = tiny("qwen3")
+    cfg = EffOPDConfig(modules=["qkv"])  # GPT-2's fused kind: Qwen3 has separate q, k and v
+    assert extrapolated_names(model, cfg.modules) == []
+    with pytest.raises(UserError, match="select no 2-D weight"):
+        effopd_of(model, scripted_validator([]), cfg)
 
 
 def moved_model(step_size: float = 0.01):
