@@ -182,10 +182,9 @@ def test_two_processes_match_one(micro_pair, tmp_path):
             checkpoint(runs[name].train.out_dir, step) for name in ("two", "resumed")
         )
         assert all(torch.equal(weights_r[k], weights_2[k]) for k in weights_2)
-        for moment, by_name in moments(state_2, names).items():
-            assert all(
-                torch.equal(moments(state_r, names)[moment][k], v) for k, v in by_name.items()
-            )
+        moments_2, moments_r = moments(state_2, names), moments(state_r, names)
+        for moment, by_name in moments_2.items():
+            assert all(torch.equal(moments_r[moment][k], v) for k, v in by_name.items()), moment
         anchor_2, anchor_r = state_2["effopd"]["anchor"], state_r["effopd"]["anchor"]
         assert all(torch.equal(anchor_r[k], anchor_2[k]) for k in anchor_2)
 
