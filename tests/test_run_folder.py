@@ -261,6 +261,7 @@ def dies_mid_write(folder, step, model, *args):
     return real(folder, step, model, *args)
 
 checkpoint._write = dies_mid_write
+from foresight.cli import main
 sys.argv = ["foresight", *sys.argv[1:]]
 main()
 """
