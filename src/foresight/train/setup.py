@@ -42,7 +42,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     objective: Objective  # loss.OBJECTIVES[(train.method, loss.kind)]
     dist: Distributed  # a no-op in one process
-    teacher_cache: TeacherCompletions | None = None  # sft from teacher: set once the folder exists
+    teacher_cache: TeacherCompletions | None = None  # sft from teacher: the run's cached samples
     nonfinite_steps: int = 0  # steps whose loss or gradient norm was not finite (loop.finite_step)
 
     @property
@@ -129,9 +129,12 @@ def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.train.steps))
     objective = OBJECTIVES[(cfg.train.method, cfg.loss.kind)]
-    return Trainer(
+    trainer = Trainer(
         cfg, task, student, teacher, reference, tokenizer, optimizer, scheduler, objective, dist
     )
+    if teacher is not None and cfg.train.method == "sft":  # train() re-reads it after --overwrite
+        trainer.teacher_cache = TeacherCompletions(cfg.train.out_dir)
+    return trainer
 
 
 FLOAT32_SDPA = "foresight_float32_sdpa"
