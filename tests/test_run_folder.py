@@ -101,21 +101,36 @@ def test_two_processes_started_together_one_runs_one_exits_2(tmp_path):
     assert f"seed: {winner}" in saved  # one run's config, and one run's checkpoints only
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated"])
-def test_resume_falls_back_past_a_damaged_checkpoint(monkeypatch, capsys, tmp_path, damage):
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("missing", "trainer_state.pt is missing"),
+        ("truncated", "trainer_state.pt has"),
+        ("garbage config", "config.json does not match its checksum"),
+        ("emptied", "no manifest.json"),
+    ],
+)
+def test_resume_falls_back_past_a_damaged_checkpoint(monkeypatch, capsys, tmp_path, damage, reason):
     run = tmp_path / "run"
     assert train(monkeypatch, capsys, run, "--set", "train.checkpoint_every=1")[0] == 0
-    state = run / "checkpoints" / "step-000002" / "trainer_state.pt"
+    newest = run / "checkpoints" / "step-000002"
+    state = newest / "trainer_state.pt"
     if damage == "missing":
         state.unlink()
-    else:
+    elif damage == "truncated":
         state.write_bytes(state.read_bytes()[:1000])
+    elif damage == "garbage config":
+        size = (newest / "config.json").stat().st_size  # same size: only the checksum tells
+        (newest / "config.json").write_bytes(b"x" * size)
+    else:
+        shutil.rmtree(newest)
+        newest.mkdir()
     leftover = run / "checkpoints" / "step-000003.tmp-999999"  # a killed process's
     leftover.mkdir()
     extra = ["--set", "train.checkpoint_every=1", "--set", "train.steps=3", "--resume"]
     code, _, err = train(monkeypatch, capsys, run, *extra)
     assert code == 0, err
-    assert "skipping checkpoint step 2" in err and "trainer_state.pt" in err
+    assert "skipping checkpoint step 2" in err and reason in err, err
     assert "resuming" in err and "from step 1" in err
     assert not leftover.exists()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
