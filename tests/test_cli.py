@@ -7,28 +7,15 @@ Run: .venv/bin/python -m pytest tests/test_cli.py -q
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from builders import micro_config, save_micro_model
+from builders import micro_config, run_cli, save_micro_model
 
-from foresight.cli import main
 from foresight.config import config_to_yaml
 from foresight.log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["foresight", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

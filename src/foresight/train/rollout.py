@@ -333,7 +333,8 @@ def prompt_fit(
         done = "dropped" if policy == "drop" else "cut the start of"
         print(f"task: {done} {len(over)} prompt(s) over {limit} tokens", file=sys.stderr)
         if policy == "drop":
-            return [row for i, row in enumerate(rows) if i not in set(over)]
+            dropped = set(over)
+            return [row for i, row in enumerate(rows) if i not in dropped]
         fitted = list(rows)
         for i in over:
             where, example, split = rows[i]

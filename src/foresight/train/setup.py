@@ -168,9 +168,12 @@ def context_length(*folders: Path | None) -> int:
     for folder in filter(None, folders):
         config = Path(folder) / "config.json"
         if config.is_file():
-            text_config = json.loads(config.read_text()).get("text_config") or {}
-            found = json.loads(config.read_text()).get("max_position_embeddings")
-            lengths.append(found or text_config.get("max_position_embeddings") or sys.maxsize)
+            fields = json.loads(config.read_text())
+            text_fields = fields.get("text_config") or {}
+            found = fields.get("max_position_embeddings") or text_fields.get(
+                "max_position_embeddings"
+            )
+            lengths.append(found or sys.maxsize)
     return min(lengths, default=sys.maxsize)
 
 
