@@ -220,7 +220,13 @@ class EvalConfig(Section):
 
 class LogConfig(Section):
     tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
-    progress: bool = Field(True, description="Show the live progress bar.")
+    progress: bool = Field(True, description="Show the progress bar.")
+    progress_every: int = Field(
+        0,
+        ge=0,
+        description="Without a terminal, print a plain progress line every N steps; 0 = about "
+        "ten lines per run.",
+    )
 
 
 class DynamicsConfig(Section):
