@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test models clean-venv
+.PHONY: demo test models clean-venv chromium
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/foresight demo
 
+# Headless Chromium for tests/test_reports_browser.py (Debian's package; apt needs root).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
 # lint-imports checks the layers of docs/architecture.md (contract in pyproject.toml).
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test chromium
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
