@@ -15,21 +15,21 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 from foresight.checkpoint import load_trainer_state
 from foresight.config import EffOPDConfig
 from foresight.effopd.extrapolate import extrapolated_names, snapshot
-from foresight.effopd.search import EffOPD, is_search_step
+from foresight.effopd.search import EffOPD, is_search_step, next_search_step
 from foresight.errors import UserError
 from foresight.log import read_metrics
 from foresight.models import load_model
 from foresight.train.loop import train
 
-SIZES = dict(
-    vocab_size=32,
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=8,
-)
+SIZES = {
+    "vocab_size": 32,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 8,
+}
 
 
 def tiny(family: str) -> torch.nn.Module:
@@ -65,6 +65,10 @@ def test_trigger_schedules():
     assert [s for s in range(1, 40) if is_search_step(pow2, s)] == [1, 2, 4, 8, 16, 32]
     every = EffOPDConfig(schedule="every", every=5)
     assert [s for s in range(1, 16) if is_search_step(every, s)] == [5, 10, 15]
+    for cfg in (pow2, every):  # the next trigger after each step, against a search forward
+        for step in range(40):
+            expected = next(s for s in range(step + 1, 100) if is_search_step(cfg, s))
+            assert next_search_step(cfg, step) == expected
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])

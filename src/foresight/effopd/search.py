@@ -7,7 +7,7 @@ try W_t + m·Δ for m in the candidate list, in order; accept while the validati
 
 A leaf: it takes the model, the names of the tensors to extrapolate and a validator, and imports
 nothing from the trainer. `foresight train` calls `on_step_end(step, model)`; `EffOPDCallback`
-adapts it to Hugging Face trainers (transformers.Trainer, TRL).
+(callback.py) adapts it to Hugging Face trainers (transformers.Trainer, TRL).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from foresight.config import EffOPDConfig
 from foresight.effopd.extrapolate import snapshot, update_norm, write, write_candidate
@@ -32,6 +31,13 @@ def is_search_step(cfg: EffOPDConfig, step: int) -> bool:
     if cfg.schedule == "pow2":
         return step >= 1 and step & (step - 1) == 0
     return step % cfg.every == 0
+
+
+def next_search_step(cfg: EffOPDConfig, step: int) -> int:
+    """The first trigger step after `step`."""
+    if cfg.schedule == "pow2":
+        return 1 << step.bit_length() if step >= 1 else 1
+    return (step // cfg.every + 1) * cfg.every
 
 
 class EffOPD:
@@ -104,26 +110,3 @@ class EffOPD:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor = {name: tensor.clone() for name, tensor in state["anchor"].items()}
         self.history = list(state["history"])
-
-
-class EffOPDCallback(TrainerCallback):
-    """EffOPD for Hugging Face trainers (transformers.Trainer, TRL trainers): search after the
-    optimizer step at the trigger steps; the search's metrics join the trainer's next log line.
-
-    Resuming a Hugging Face run does not restore the anchor (the first search after a resume then
-    spans everything since the anchor was taken): use `foresight train` for exact resume.
-    """
-
-    def __init__(self, effopd: EffOPD) -> None:
-        self.effopd = effopd
-        self.pending: dict[str, float] = {}
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.pending |= self.effopd.on_step_end(state.global_step, model)
-        return control
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None:
-            logs.update(self.pending)
-            self.pending = {}
-        return control

@@ -14,8 +14,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.config import TaskConfig
+from foresight.effopd.search import Validator
+from foresight.effopd.validators import kl_validator, reward_validator
+from foresight.log import progress
 from foresight.models import check_pair, load_model, load_tokenizer
 from foresight.tasks import Example, Task, load_task
+from foresight.templates import uses_chat
 from foresight.train.rollout import Rollout, decode_completions, sample
 from foresight.train.scoring import score_tokens
 
@@ -34,12 +38,6 @@ def reverse_kl_sum(
     scores = score_tokens(student, rollout, teacher, kind="reverse_kl")
     mask = rollout.completion_mask[:, 1:].to(scores.divergence.device)  # (B, T-1)
     return float((scores.divergence * mask).sum()), int(mask.sum())
-
-
-def mean_reverse_kl(student: PreTrainedModel, teacher: PreTrainedModel, rollout: Rollout) -> float:
-    """KL(p_S ‖ p_T) per completion token, averaged over the rollout's tokens."""
-    total, count = reverse_kl_sum(student, teacher, rollout)
-    return total / max(count, 1)
 
 
 @torch.no_grad()
@@ -61,21 +59,22 @@ def evaluate(
     examples = task.sample(split, n_prompts, 0)
     generator = torch.Generator().manual_seed(seed)
     correct_greedy, correct_sampled, kl_total, kl_tokens = 0.0, 0.0, 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        prompts, answers = [e.prompt for e in batch], [e.answer for e in batch]
-        greedy = sample(model, tokenizer, prompts, max_new_tokens, 1.0, None, greedy=True)
-        correct_greedy += accuracy(task, decode_completions(tokenizer, greedy), answers) * len(
-            batch
-        )
-        if sampled or teacher is not None:
-            drawn = sample(model, tokenizer, prompts, max_new_tokens, 1.0, generator)
-            correct_sampled += accuracy(task, decode_completions(tokenizer, drawn), answers) * len(
+    with progress("generating", len(examples)) as bar:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            prompts, answers = [e.prompt for e in batch], [e.answer for e in batch]
+            greedy = sample(model, tokenizer, prompts, max_new_tokens, 1.0, None, greedy=True)
+            correct_greedy += accuracy(task, decode_completions(tokenizer, greedy), answers) * len(
                 batch
             )
-            if teacher is not None:
-                batch_total, batch_tokens = reverse_kl_sum(model, teacher, drawn)
-                kl_total, kl_tokens = kl_total + batch_total, kl_tokens + batch_tokens
+            if sampled or teacher is not None:
+                drawn = sample(model, tokenizer, prompts, max_new_tokens, 1.0, generator)
+                drawn_texts = decode_completions(tokenizer, drawn)
+                correct_sampled += accuracy(task, drawn_texts, answers) * len(batch)
+                if teacher is not None:
+                    batch_total, batch_tokens = reverse_kl_sum(model, teacher, drawn)
+                    kl_total, kl_tokens = kl_total + batch_total, kl_tokens + batch_tokens
+            bar.advance(len(batch))
     model.train(was_training)
     metrics = {"eval/accuracy": correct_greedy / len(examples)}
     if sampled:
@@ -131,29 +130,32 @@ def effopd_validator(
     seed: int,
     student: PreTrainedModel,
     teacher: PreTrainedModel | None = None,
-) -> Callable[[int], Callable[[torch.nn.Module], float]]:
-    """EffOPD's validation score V (effopd/search.py `Validator`): step -> score(model).
+) -> Validator:
+    """EffOPD's validation score V for `foresight train` (effopd.signal), from effopd/validators.py.
 
-    accuracy: share of verified one-sample (T=1) completions, the paper's V. All candidates of one
-      search draw from the same seed (common random numbers), which removes part of the noise.
-    kl: minus the full-vocabulary reverse KL to the teacher, teacher-forced on completions sampled
-      once per search from the student's current weights W_t: dense, needs no verifier, far less
-      noisy.
+    accuracy: the mean of the task's reward (a verifier's 0/1: the share verified) over one
+      sample (T=1) per prompt, the paper's V.
+    kl: minus the full-vocabulary reverse KL to the teacher on completions sampled once per search
+      from the student's W_t.
+    Prompts are encoded as the rollouts encode them: rendered with the chat template when chat is
+    on (a text prompt as one user turn, a conversation as its turns; templates.py), else raw text
+    after BOS.
     """
-    prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
 
-    def begin(step: int) -> Callable[[torch.nn.Module], float]:
-        search_seed = (seed * 1_000_003 + step) % 2**63
-        if signal == "accuracy":
+    def messages(example: Example) -> list[dict[str, str]]:
+        turns = [("user", example.prompt)] if isinstance(example.prompt, str) else example.prompt
+        return [{"role": role, "content": content} for role, content in turns]
 
-            def score(candidate: torch.nn.Module) -> float:
-                generator = torch.Generator().manual_seed(search_seed)
-                rollout = sample(candidate, tokenizer, prompts, max_new_tokens, 1.0, generator)
-                return accuracy(task, decode_completions(tokenizer, rollout), answers)
+    chat = uses_chat(tokenizer)
+    prompts = [messages(e) if chat else e.prompt for e in examples]
+    if signal == "accuracy":
 
-            return score
-        generator = torch.Generator().manual_seed(search_seed)
-        rollout = sample(student, tokenizer, prompts, max_new_tokens, 1.0, generator)
-        return lambda candidate: -mean_reverse_kl(candidate, teacher, rollout)
+        def verified(completion: str, example: Example) -> float:
+            return float(task.verify(completion, example.answer))
 
-    return begin
+        return reward_validator(
+            prompts, verified, tokenizer, max_new_tokens=max_new_tokens, seed=seed, rows=examples
+        )
+    return kl_validator(
+        prompts, teacher, student, tokenizer, max_new_tokens=max_new_tokens, seed=seed
+    )
