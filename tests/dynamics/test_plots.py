@@ -1,4 +1,4 @@
-"""Figures from edge-case tables: a lone checkpoint, a zero-update step, no probes.
+"""Figures from edge-case tables (a lone checkpoint, a zero-update step, no probes), and legibility.
 
 .venv/bin/python -m pytest tests/dynamics -q
 """
@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import shutil
+
+from figure_checks import capture, legend_labels, problems
 
 from foresight.config import DynamicsConfig
 from foresight.dynamics import analyze
@@ -42,3 +44,33 @@ def test_figures_follow_the_columns_present(tmp_path):
     tables = {"overall": overall, "kinds": [], "layers": [], "trajectory": []}
     assert make_figures(tables, tmp_path) == ["metric_frobenius_rel"]
     assert_valid_png((tmp_path / "metric_frobenius_rel.png").read_bytes())
+
+
+def test_every_figure_reads_cleanly(report, tmp_path, monkeypatch):
+    from foresight.dynamics import plots
+    from foresight.dynamics.report import load_tables
+
+    out, summary = report
+    figures = capture(monkeypatch, plots)
+    plots.make_figures(load_tables(out), tmp_path)
+    assert [f"figures/{stem}.png" for stem in figures] == summary["figures"]
+    for stem, fig in figures.items():
+        assert problems(fig) == [], stem
+    # Both bars are in the legend: a label starting with "_" ("_pc1") would be hidden.
+    assert legend_labels(figures["trajectory_pca"]) == ["PC1", "PC1 + PC2"]
+    assert legend_labels(figures["family_sparsity_abs"])[0] == "|ΔW| < 1e-6"
+
+
+def test_the_legibility_check_sees_what_reads_badly():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3, 2))
+    ax = fig.subplots()
+    ax.plot([0, 1, 2], [1, 2, 3], label="dynamics/alignment")
+    ax.set_xlabel("layer")
+    ax.set_xticks([0, 0.5, 1, 1.5, 2], ["embedding", "attention query", "MLP up", "MLP down", "x"])
+    ax.set_title("a title far too long to fit into a figure three inches wide, by a lot")
+    ax.legend()
+    found = " / ".join(problems(fig))
+    for text in ("legend entry", "half-layer ticks", "runs off the figure", "overlap"):
+        assert text in found

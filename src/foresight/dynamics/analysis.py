@@ -9,7 +9,8 @@
     OUT/trajectory.csv   per 2-D tensor: PCA of its top singular vector's trajectory
     OUT/probes/*.csv     one table per functional probe (only with a scorer)
     OUT/figures/*.png    drawn from the tables alone
-    OUT/report.html      self-contained, drawn from the tables and figures alone
+    OUT/provenance.json  the run, base, settings, tool version and date the report header shows
+    OUT/report.html      self-contained, drawn from the tables, figures and provenance.json alone
     OUT/metrics.json     summary; schema in docs/metrics.md
 """
 
@@ -25,6 +26,7 @@ from foresight.dynamics.collect import collect
 from foresight.dynamics.lora_series import open_checkpoint
 from foresight.dynamics.patch import Scorer, load_model
 from foresight.dynamics.probes import run_probes
+from foresight.dynamics.provenance import provenance
 from foresight.dynamics.reading import ModelFolder, describe
 from foresight.dynamics.report import PROBE_TABLES, render, render_compare
 from foresight.dynamics.tables import summarize, write_csv
@@ -62,10 +64,13 @@ def analyze(
     probe_tables = _probe_tables(base, base_folder, series, cfg, scorer, out_dir / "probes")
     if probe_tables is not None:
         timings["time/probes_s"] = time.perf_counter() - start
+    source = provenance(base, checkpoints)
+    (out_dir / "provenance.json").write_text(json.dumps(source, indent=1))
     figures = render(out_dir)
     summary = {
         "schema_version": SCHEMA_VERSION,
         "base": str(base),
+        "provenance": source,
         "checkpoints": [
             {"step": step, "progress": step / checkpoints[-1][0], "path": str(path)}
             for step, path in checkpoints

@@ -15,23 +15,25 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from foresight.dynamics.labels import kind_name, short_label
+
 Row = dict[str, object]
 Tables = dict[str, list[Row]]
 
 # One key each: left panel against progress (overall and per kind), right panel per layer.
-SINGLE_METRICS = {
-    "dynamics/frobenius_rel": "||dW||_F / ||W_base||_F",
-    "dynamics/spectral_norm": "spectral norm s_1",
-    "dynamics/spectral_ratio": "s_1 / ||dW||_F",
-    "dynamics/effective_rank": "effective rank",
-    "dynamics/top1pct_energy": "top-1% energy ratio",
-    "dynamics/alignment": "alignment with final (k=1..20)",
-}
+SINGLE_METRICS = (
+    "dynamics/frobenius_rel",
+    "dynamics/spectral_norm",
+    "dynamics/spectral_ratio",
+    "dynamics/effective_rank",
+    "dynamics/top1pct_energy",
+    "dynamics/alignment",
+)
 # Families of keys sharing a prefix: one line per key against progress.
 FAMILY_METRICS = {
-    "energy": ("dynamics/energy_top", "energy share of top-k singular values"),
-    "sparsity_abs": ("dynamics/sparsity_abs_", "share of |dW| below absolute threshold"),
-    "sparsity_rel": ("dynamics/sparsity_rel_", "share of |dW| below c x base RMS"),
+    "energy": ("dynamics/energy_top", "share of ‖ΔW‖_F² in the top-k directions"),
+    "sparsity_abs": ("dynamics/sparsity_abs_", "share of entries with |ΔW| < t"),
+    "sparsity_rel": ("dynamics/sparsity_rel_", "share of entries with |ΔW| < c × RMS(W_base)"),
     "overlap": ("dynamics/overlap_top", "top-k subspace overlap with final"),
 }
 COMPARE_METRICS = [
@@ -51,9 +53,9 @@ def make_figures(tables: Tables, fig_dir: Path) -> list[str]:
     fig_dir.mkdir(parents=True, exist_ok=True)
     stems = []
     overall, kinds, layers = tables["overall"], tables["kinds"], tables["layers"]
-    for key, label in SINGLE_METRICS.items():
+    for key in SINGLE_METRICS:
         if _column(overall, key):
-            stems.append(_single_metric(overall, kinds, layers, key, label, fig_dir))
+            stems.append(_single_metric(overall, kinds, layers, key, short_label(key), fig_dir))
     for name, (prefix, label) in FAMILY_METRICS.items():
         keys = [key for key in overall[0] if key.startswith(prefix)] if overall else []
         if any(_column(overall, key) for key in keys):
@@ -74,6 +76,11 @@ def _column(rows: list[Row], key: str) -> list[object]:
 def _xy(rows: list[Row], x: str, y: str) -> tuple[list[float], list[float]]:
     pairs = [(row[x], row[y]) for row in rows if row.get(y) is not None]
     return [float(a) for a, _ in pairs], [float(b) for _, b in pairs]
+
+
+def _legend_outside(ax) -> None:
+    """The legend to the right of the axes, where it cannot hide a line or a bar."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def _save(fig: Figure, fig_dir: Path, stem: str) -> str:
@@ -106,10 +113,10 @@ def _single_metric(
     for kind in dict.fromkeys(row["kind"] for row in kinds):
         x, y = _xy([row for row in kinds if row["kind"] == kind], "progress", key)
         if x:
-            left.plot(x, y, lw=1, label=str(kind))
+            left.plot(x, y, lw=1, label=kind_name(str(kind)))
     left.set_xlabel("training progress (step / final step)")
     left.set_ylabel(label)
-    left.legend(fontsize=7, ncol=2)
+    _legend_outside(left)
     left.set_title("against progress")
     _per_layer(right, layers, key)
     right.set_ylabel(label)
@@ -122,13 +129,13 @@ def _family_metric(
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2)
     for key in keys:
-        left.plot(*_xy(overall, "progress", key), "-o", ms=3, label=key.removeprefix("dynamics/"))
+        left.plot(*_xy(overall, "progress", key), "-o", ms=3, label=short_label(key))
     left.set_xlabel("training progress (step / final step)")
     left.set_ylabel(label)
     left.legend(fontsize=7)
     left.set_title("mean over attention and MLP matrices")
     _per_layer(right, layers, keys[-1])
-    right.set_title(f"per layer: {keys[-1].removeprefix('dynamics/')}")
+    right.set_title(f"per layer: {short_label(keys[-1])}")
     return _save(fig, fig_dir, f"family_{name}")
 
 
@@ -146,10 +153,10 @@ def _allocation_figures(
             [_lookup(kinds, step, "kind", kind, "dynamics/allocation") for step in steps]
             for kind in kind_names
         ]
-        ax.stackplot(progress, stacks, labels=kind_names)
+        ax.stackplot(progress, stacks, labels=[kind_name(str(kind)) for kind in kind_names])
         ax.set_xlabel("training progress")
         ax.set_ylabel("share of squared update")
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+        _legend_outside(ax)
         stems.append(_save(fig, fig_dir, "allocation_kinds"))
     if _column(layers, "dynamics/allocation"):
         fig = Figure(figsize=(10, 3.6), layout="constrained")
@@ -157,16 +164,17 @@ def _allocation_figures(
         _per_layer(left, layers, "dynamics/allocation")
         left.set_ylabel("layer's share of squared update")
         final = [row for row in layers if row["step"] == layers[-1]["step"]]
-        for key, offset in (
-            ("dynamics/allocation_attention", -0.2),
-            ("dynamics/allocation_mlp", 0.2),
+        for key, offset, name in (
+            ("dynamics/allocation_attention", -0.2, "attention"),
+            ("dynamics/allocation_mlp", 0.2, "MLP"),
         ):
             x, y = _xy(final, "layer", key)
-            right.bar([v + offset for v in x], y, width=0.4, label=key.split("_")[-1])
+            right.bar([v + offset for v in x], y, width=0.4, label=name)
         right.set_xlabel("layer")
+        right.set_ylabel("share of squared update")
         right.xaxis.set_major_locator(MaxNLocator(integer=True))
         right.set_title("final checkpoint: attention vs MLP")
-        right.legend(fontsize=7)
+        _legend_outside(right)
         stems.append(_save(fig, fig_dir, "allocation_layers"))
     if _column(overall, "dynamics/allocation_spearman"):
         fig = Figure(figsize=(6, 3.6), layout="constrained")
@@ -194,11 +202,12 @@ def _trajectory_figure(trajectory: list[Row], fig_dir: Path) -> str:
         for kind in kinds:
             values = _column([row for row in trajectory if row["kind"] == kind], key)
             means.append(sum(map(float, values)) / len(values))
-        ax.bar([i + offset for i in range(len(kinds))], means, width=0.4, label=key[-4:])
+        # short_label, not key[-4:]: matplotlib hides legend labels that start with "_" ("_pc1").
+        ax.bar([i + offset for i in range(len(kinds))], means, width=0.4, label=short_label(key))
     ax.set_xticks(range(len(kinds)), [str(kind) for kind in kinds])
     ax.set_ylabel("share of trajectory variance")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     return _save(fig, fig_dir, "trajectory_pca")
 
 
@@ -248,7 +257,7 @@ def _probe_window(tables: Tables, fig_dir: Path) -> str:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (lines)")
     norms.set_ylabel("layer update norm (bars)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.08, 1.0), borderaxespad=0)
     return _save(fig, fig_dir, "probe_window")
 
 
@@ -295,13 +304,13 @@ def compare_figures(runs: dict[str, Tables], fig_dir: Path) -> list[str]:
     keys = [
         key for key in COMPARE_METRICS if any(_column(t["overall"], key) for t in runs.values())
     ]
-    fig = Figure(figsize=(12, 2.8 * ((len(keys) + 3) // 4)))
+    fig = Figure(figsize=(12, 2.8 * ((len(keys) + 3) // 4)), layout="constrained")
     axes = fig.subplots((len(keys) + 3) // 4, 4, squeeze=False).ravel()
     for ax, key in zip(axes, keys, strict=False):
         for label, tables in runs.items():
             ax.plot(*_xy(tables["overall"], "progress", key), "-o", ms=2.5, label=label)
-        ax.set_title(key.removeprefix("dynamics/"), fontsize=9)
-        ax.set_xlabel("progress", fontsize=8)
+        ax.set_title(short_label(key), fontsize=9)
+        ax.set_xlabel("training progress", fontsize=8)
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
@@ -317,6 +326,7 @@ def compare_figures(runs: dict[str, Tables], fig_dir: Path) -> list[str]:
     right.set_title("layer's MLP share of squared update (final)")
     for ax in (left, right):
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     stems.append(_save(fig, fig_dir, "compare_layers"))
     return stems

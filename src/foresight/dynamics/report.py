@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import base64
 import html
+import json
+import os
+import time
+from importlib.metadata import version
 from pathlib import Path
 
+from foresight.dynamics.findings import findings
+from foresight.dynamics.labels import fmt, label, one_at_final, unit
 from foresight.dynamics.plots import compare_figures, make_figures
+from foresight.dynamics.provenance import PAPER
 from foresight.dynamics.tables import read_csv
 
 Tables = dict[str, list[dict[str, object]]]
@@ -65,7 +72,8 @@ EXPLANATIONS = {
         "Alignment with the final update",
         (
             "For the top 20 singular directions, the mean absolute cosine between each checkpoint's"
-            " k-th direction and the final update's k-th. If it is high early in training, the "
+            " k-th direction and the final update's k-th, so it is 1 by definition at the final "
+            "checkpoint. If it is high early in training, the "
             "final direction was already visible early, which is what makes extrapolation (EffOPD) "
             "possible."
         ),
@@ -95,8 +103,9 @@ EXPLANATIONS = {
         "Subspace overlap with the final update",
         (
             "How much of the space spanned by a checkpoint's top-k singular directions lies in the "
-            "final update's top-k space (1 = the same space, near 0 = unrelated). Unlike the "
-            "alignment it ignores the order of directions inside the space."
+            "final update's top-k space (1 = the same space, as at the final checkpoint by "
+            "definition; near 0 = unrelated). Unlike the alignment it ignores the order of "
+            "directions inside the space."
         ),
     ),
     "allocation_kinds": (
@@ -119,7 +128,8 @@ EXPLANATIONS = {
         "How early the allocation settles",
         (
             "The Spearman rank correlation between each checkpoint's per-module update shares and "
-            "the final checkpoint's. Values near 1 early on mean training decided where to put its "
+            "the final checkpoint's (1 at the final one by definition). Values near 1 early on "
+            "mean training decided where to put its "
             "update long before it finished."
         ),
     ),
@@ -198,19 +208,26 @@ def load_tables(report_dir: Path) -> Tables:
     return tables
 
 
+def load_provenance(report_dir: Path) -> dict:
+    """OUT/provenance.json as `analyze` wrote it; {} for a folder without one."""
+    path = Path(report_dir) / "provenance.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def render(report_dir: Path) -> list[str]:
     """Redraw the figures and write report_dir/report.html; returns the figure file names."""
     tables = load_tables(report_dir)
     stems = make_figures(tables, report_dir / "figures")
-    steps = sorted({row["step"] for row in tables["overall"]})
-    intro = (
-        f"{len(steps)} checkpoints (steps {', '.join(map(str, steps))}) compared with the base "
-        "model. Each figure shows a property of the update dW = W_t - W_base, the change training "
-        "made to the weights. Tables: modules.csv (one row per checkpoint and tensor), "
-        "overall.csv, "
-        "kinds.csv, layers.csv, trajectory.csv; schema in docs/metrics.md."
-    )
-    _write_html(report_dir, "Weight dynamics report", intro, stems, _summary(tables["overall"]))
+    source = load_provenance(report_dir)
+    steps = [row["step"] for row in tables["overall"]]
+    body = [
+        header_html(_analysis_rows(source, steps), source),
+        f"<h2>In short</h2><p>{html.escape(findings(tables))}</p>",
+        _summary(tables["overall"]),
+        _tables_note(report_dir),
+        *(figure_html(report_dir / "figures", stem) for stem in stems),
+    ]
+    write_page(report_dir, "Weight dynamics report", body)
     return [f"figures/{stem}.png" for stem in stems]
 
 
@@ -218,39 +235,150 @@ def render_compare(report_dirs: dict[str, Path], out_dir: Path) -> list[str]:
     """Figures and report.html comparing several runs' report folders on the same axes."""
     runs = {label: load_tables(path) for label, path in report_dirs.items()}
     stems = compare_figures(runs, out_dir / "figures")
-    intro = "Runs: " + ", ".join(f"{label} ({path})" for label, path in report_dirs.items()) + "."
-    _write_html(out_dir, "Weight dynamics: runs compared", intro, stems, "")
+    body = [
+        _runs_table(report_dirs, out_dir),
+        header_html([], {}),
+        *(figure_html(out_dir / "figures", stem) for stem in stems),
+    ]
+    write_page(out_dir, "Weight dynamics: runs compared", body)
     return [f"figures/{stem}.png" for stem in stems]
 
 
+def unknown(value: object) -> str:
+    """A provenance value as text; None (the run does not say) as 'unknown'."""
+    return "unknown" if value is None else str(value)
+
+
+def training_text(source: dict) -> str:
+    """'method opd · loss reverse_kl · lr 0.001 · 200 steps · 64 prompts per step · task arith'."""
+    lr = source.get("lr")
+    return " · ".join(
+        [
+            f"method {unknown(source.get('method'))}",
+            f"loss {unknown(source.get('loss_kind'))}",
+            f"lr {'unknown' if lr is None else fmt(lr)}",
+            f"{unknown(source.get('train_steps'))} steps",
+            f"{unknown(source.get('batch'))} prompts per step",
+            f"task {unknown(source.get('task'))}",
+        ]
+    )
+
+
+def _analysis_rows(source: dict, steps: list[object]) -> list[tuple[str, str]]:
+    run = source.get("run")
+    created = source.get("run_created")
+    base = source.get("base")
+    return [
+        ("Run", unknown(run) + (f" (created {created})" if created else "")),
+        ("Base model", unknown(base) + (f" ({source['base_source']})" if base else "")),
+        ("Checkpoints", f"{len(steps)}: steps {', '.join(map(str, steps))}"),
+        ("Training", training_text(source)),
+    ]
+
+
+def header_html(rows: list[tuple[str, str]], source: dict) -> str:
+    """The provenance block: the given rows, then the tool, the date and the paper cited.
+
+    rows: (field, plain text) pairs; source: a provenance dict (version and date of the analysis;
+    without them, this rendering's).
+    """
+    made = source.get("foresight_version") or version("foresight")
+    date = source.get("date") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = [*rows, ("Made by", f"foresight {made}, {date}")]
+    cells = "".join(
+        f"<tr><th>{html.escape(field)}</th><td>{html.escape(text)}</td></tr>"
+        for field, text in rows
+    )
+    paper = (
+        f"<tr><th>Paper</th><td>Cai, Cao et al., <a href='{PAPER['url']}'>{PAPER['title']}</a>, "
+        f"arXiv {PAPER['arxiv']} (2026)</td></tr>"
+    )
+    return f"<table class='meta'>{cells}{paper}</table>"
+
+
+def _runs_table(report_dirs: dict[str, Path], out_dir: Path) -> str:
+    """One row per run of `analyze --compare`: its folder, base and training settings."""
+    rows = []
+    for name, report_dir in report_dirs.items():
+        source = load_provenance(report_dir)
+        link = html.escape(Path(os.path.relpath(report_dir, out_dir), "report.html").as_posix())
+        rows.append(
+            f"<tr><td><a href='{link}'>{html.escape(name)}</a></td>"
+            f"<td>{html.escape(unknown(source.get('run')))}</td>"
+            f"<td>{html.escape(unknown(source.get('base')))}</td>"
+            f"<td>{html.escape(training_text(source))}</td></tr>"
+        )
+    return (
+        "<table class='data'><tr><th>run (its report)</th><th>run folder</th><th>base model</th>"
+        "<th>training</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
 def _summary(overall: list[dict[str, object]]) -> str:
-    """The final checkpoint's overall row as a small HTML table."""
+    """The final checkpoint's overall row: readable names, 3 significant digits, units, notes."""
     if not overall:
         return ""
     final = overall[-1]
-    cells = "".join(
-        f"<tr><td>{html.escape(key)}</td><td>{value:.4g}</td></tr>"
-        for key, value in final.items()
-        if key.startswith("dynamics/") and isinstance(value, float)
-    )
-    return f"<h2>Final checkpoint (step {final['step']})</h2><table>{cells}</table>"
-
-
-def _write_html(out_dir: Path, title: str, intro: str, stems: list[str], extra: str) -> None:
-    sections = []
-    for stem in stems:
-        heading, text = EXPLANATIONS[stem]
-        data = base64.b64encode((out_dir / "figures" / f"{stem}.png").read_bytes()).decode()
-        sections.append(
-            f"<section><h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>"
-            f'<img alt="{stem}" src="data:image/png;base64,{data}"></section>'
+    rows = []
+    for key, value in final.items():
+        if not key.startswith("dynamics/") or not isinstance(value, float | int):
+            continue
+        note = (
+            "1 by definition (the final update compared with itself)" if one_at_final(key) else ""
         )
+        rows.append(
+            f"<tr><td>{html.escape(label(key))}</td><td class='num'>{fmt(value)}</td>"
+            f"<td>{html.escape(unit(key))}</td><td class='note'>{note}</td>"
+            f"<td><code>{html.escape(key)}</code></td></tr>"
+        )
+    return (
+        f"<h2>Final checkpoint (step {final['step']})</h2><p class='note'>Means over the attention "
+        "and MLP matrices, except the whole-model update size and the shares, which cover every "
+        "tensor; a metric undefined here (no tensor of that group, or a zero update) is left "
+        "out. Numbers have 3 significant digits.</p><table class='data'><tr><th>metric</th>"
+        "<th>value</th><th>unit</th><th>note</th><th>column in overall.csv</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _tables_note(report_dir: Path) -> str:
+    names = [f"{name}.csv" for name in TABLES] + [f"probes/{name}.csv" for name in PROBE_TABLES]
+    links = [f"<a href='{name}'>{name}</a>" for name in names if (report_dir / name).is_file()]
+    return (
+        "<p>Each figure below shows a property of the update ΔW = W_t − W_base, the change "
+        f"training made to the weights. The numbers behind them: {', '.join(links)} (columns "
+        "defined in docs/metrics.md of the foresight repository).</p>"
+    )
+
+
+def figure_html(fig_dir: Path, stem: str, explanation: tuple[str, str] | None = None) -> str:
+    """A figure as a section: heading, explanation (EXPLANATIONS[stem] unless given) and the PNG
+    embedded as a data URI."""
+    heading, text = explanation or EXPLANATIONS[stem]
+    data = base64.b64encode((fig_dir / f"{stem}.png").read_bytes()).decode()
+    return (
+        f"<section><h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>"
+        f'<img alt="{stem}" src="data:image/png;base64,{data}"></section>'
+    )
+
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
+    "img{max-width:100%}section{margin-bottom:2em}table{border-collapse:collapse;margin:.5em 0}"
+    "td,th{padding:2px 10px;text-align:left;vertical-align:top}"
+    ".data tr:nth-child(even){background:#f4f4f4}.num{text-align:right}"
+    ".meta{background:#f6f8fa;border:1px solid #ddd}.meta th{color:#555;font-weight:normal}"
+    ".note{color:#666;font-size:90%}code{font-size:85%;color:#555}"
+)
+
+
+def write_page(out_dir: Path, title: str, body: list[str]) -> None:
+    """out_dir/report.html: the title, then the body's HTML fragments in order."""
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "img{max-width:100%}td{padding:0 1em}section{margin-bottom:2em}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>{extra}"
-        + "".join(sections)
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        + "".join(body)
         + "</body></html>"
     )
     (out_dir / "report.html").write_text(page)

@@ -1,0 +1,159 @@
+"""What a run did to its weights, in one paragraph of plain words, from the report's tables alone.
+
+Every number in the paragraph is read from overall.csv, kinds.csv and layers.csv; the only
+constants are the threshold below and how many kinds and layers to name.
+
+    where the update went    the module kinds and layers with the largest share of ‖ΔW‖_F²
+    how concentrated         the share of ‖ΔW‖_F² in the top-k singular directions (mean matrix)
+    how early                the first checkpoint whose alignment with the final update (and
+                             whose update shares' rank correlation with the final ones) is >= 0.9
+"""
+
+from __future__ import annotations
+
+from foresight.dynamics.labels import fmt, kind_name, percent
+
+Row = dict[str, object]
+
+SETTLED = 0.9  # alignment (or Spearman) with the final checkpoint at which we call it "fixed"
+TOP_KINDS = 3
+TOP_LAYERS = 2
+
+
+def findings(tables: dict[str, list[Row]]) -> str:
+    """The paragraph, as plain text; empty for a report without checkpoints."""
+    overall = tables["overall"]
+    if not overall:
+        return ""
+    final = overall[-1]
+    parts = [
+        _size(overall),
+        _kinds(_at_step(tables["kinds"], final["step"]), final),
+        _layers(_at_step(tables["layers"], final["step"])),
+        _concentration(final),
+        _direction(overall),
+    ]
+    return " ".join(part for part in parts if part)
+
+
+def _at_step(rows: list[Row], step: object) -> list[Row]:
+    return [row for row in rows if row["step"] == step]
+
+
+def _size(overall: list[Row]) -> str:
+    final = overall[-1]
+    where = f"{len(overall)} checkpoints up to step {final['step']}"
+    if len(overall) == 1:
+        where = f"one checkpoint, step {final['step']}"
+    relative = final.get("dynamics/frobenius_rel")
+    if relative is None:
+        return f"This report measures {where} against the base model."
+    return (
+        f"This report measures {where} against the base model: by the final checkpoint an "
+        f"attention or MLP matrix had moved by {percent(relative)} of its own size on average "
+        f"(‖ΔW‖_F / ‖W_base‖_F)."
+    )
+
+
+def _kinds(kinds: list[Row], final: Row) -> str:
+    ranked = sorted(
+        (row for row in kinds if row.get("dynamics/allocation")),
+        key=lambda row: -float(row["dynamics/allocation"]),
+    )
+    if not ranked:
+        return "No tensor changed at the final checkpoint, so the update has no allocation."
+    named = [
+        f"{kind_name(str(row['kind']))} ({percent(row['dynamics/allocation'])})"
+        for row in ranked[:TOP_KINDS]
+    ]
+    pooled = [
+        f"{name} {percent(final.get(f'dynamics/allocation_{family}'))}"
+        for family, name in (("mlp", "MLP tensors"), ("attention", "attention tensors"))
+        if final.get(f"dynamics/allocation_{family}") is not None
+    ]
+    sentence = f"The largest shares of the squared update went to {_series(named)}"
+    return sentence + (f"; in all, {' and '.join(pooled)}." if pooled else ".")
+
+
+def _layers(layers: list[Row]) -> str:
+    ranked = sorted(
+        (row for row in layers if row.get("dynamics/allocation")),
+        key=lambda row: -float(row["dynamics/allocation"]),
+    )
+    if len(ranked) < 2:
+        return ""
+    named = [f"layer {row['layer']} ({percent(row['dynamics/allocation'])})" for row in ranked]
+    even = sum(float(row["dynamics/allocation"]) for row in ranked) / len(ranked)
+    return (
+        f"Of the {len(ranked)} layers, {_series(named[:TOP_LAYERS])} took the most and "
+        f"{named[-1]} the least (an even split would give each {percent(even)})."
+    )
+
+
+def _concentration(final: Row) -> str:
+    energy = sorted(
+        (int(key.removeprefix("dynamics/energy_top")), float(value))
+        for key, value in final.items()
+        if key.startswith("dynamics/energy_top") and value is not None
+    )
+    if not energy:
+        return ""
+    counts = _series([str(k) for k, _ in energy])
+    shares = _series([percent(share) for _, share in energy])
+    extras = [
+        f"{name} {fmt(final[key])}"
+        for key, name in (
+            ("dynamics/top1pct_energy", "top-1% energy ratio"),
+            ("dynamics/effective_rank", "effective rank"),
+        )
+        if final.get(key) is not None
+    ]
+    return (
+        f"In the mean attention or MLP matrix, the top {counts} singular directions of the final "
+        f"update hold {shares} of its squared size"
+        + (f" ({', '.join(extras)})." if extras else ".")
+    )
+
+
+# key -> (what settles, the measure in words)
+_SETTLING = {
+    "dynamics/alignment": (
+        "The update's direction",
+        "alignment with the final update (top-20 singular vectors)",
+    ),
+    "dynamics/allocation_spearman": (
+        "Where the update goes",
+        "rank correlation of per-tensor update shares with the final ones (Spearman)",
+    ),
+}
+
+
+def _direction(overall: list[Row]) -> str:
+    earlier = overall[:-1]
+    if not earlier:
+        return "With a single checkpoint there is no earlier update to compare with the final one."
+    sentences = []
+    for key, (what, measure) in _SETTLING.items():
+        measured = [row for row in earlier if row.get(key) is not None]
+        if not measured:
+            continue
+        first = next((row for row in measured if float(row[key]) >= SETTLED), None)
+        if first is not None:
+            sentences.append(
+                f"{what} settled by step {first['step']}, {percent(first['progress'])} of the way "
+                f"through training: the first checkpoint whose {measure} reaches {fmt(SETTLED)} "
+                f"(it is {fmt(first[key])})."
+            )
+        else:
+            best = max(measured, key=lambda row: float(row[key]))
+            sentences.append(
+                f"{what} had not settled before the final checkpoint: no earlier checkpoint's "
+                f"{measure} reaches {fmt(SETTLED)} (the highest is {fmt(best[key])}, at step "
+                f"{best['step']})."
+            )
+    return " ".join(sentences)
+
+
+def _series(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
