@@ -1,4 +1,5 @@
-"""`foresight compare` end to end on the micro models: runs, analyses, report, claims; rerun reuses.
+"""`foresight compare` end to end on the micro models (runs, analyses, report, claims; rerun reuses),
+and its report's header, numbers and figures on a small analysis.
 
 Run: .venv/bin/python -m pytest tests/compare/test_compare.py -q
 """
@@ -6,6 +7,7 @@ Run: .venv/bin/python -m pytest tests/compare/test_compare.py -q
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -64,5 +66,42 @@ def test_compare_runs_analyzes_reports_and_resumes(monkeypatch, capsys, tmp_path
     assert list_checkpoints(out / "runs" / "rl-s1")[-1][0] == 27
 
     # Other settings never mix into an existing comparison.
-    code, stdout, err = run_cli(monkeypatch, capsys, "compare", str(config), "--set", "optim.lr=0.5")
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, "compare", str(config), "--set", "optim.lr=0.5"
+    )
     assert code == 2 and "--overwrite" in err
+
+
+def test_compare_report_header_numbers_and_figures_read_cleanly(monkeypatch, tmp_path):
+    from figure_checks import capture, problems
+    from report_builders import analysis_report, compare_report
+
+    from foresight.compare import figures
+
+    drawn = capture(monkeypatch, figures)
+    analysis, _ = analysis_report(tmp_path)
+    out = compare_report(tmp_path, analysis)
+    assert set(drawn) == {"accuracy", "alignment", "allocation", "scaling", "window"}
+    for stem, fig in drawn.items():
+        assert problems(fig) == [], stem
+    kinds = [t.get_text() for t in drawn["allocation"].axes[1].get_yticklabels()]
+    assert kinds[:2] == ["embeddings", "attention query"] and "MLP down" in kinds
+    page = (out / "report.html").read_text()
+    assert f"<th>Comparison</th><td>{out}</td>" in page
+    assert "opd: loss sampled_rkl, lr 0.0005; rl: loss grpo, lr 0.0001, groups of 4" in page
+    assert "2: seeds 0, each 27 optimizer steps of 4 prompts" in page
+    assert "https://arxiv.org/abs/2605.11739" in page
+    assert "<th>Top-1% energy ratio of ΔW</th>" in page  # readable, not `top1pct_energy`
+    # One seed: no spread and no interval, said in words; 3 significant digits throughout.
+    claims = page.split("<h2>Claims")[1].split("</table>")[0]
+    assert "(no interval with one seed)" in claims and " ± " not in claims
+    cells = re.findall(r"<td>(?:opd|rl): ([-0-9.e]+) \(n=1\)", page)
+    assert cells and all(len(re.sub(r"^-?0\.0*|[.-]|e.*$", "", c)) <= 3 for c in cells)
+
+
+def test_mean_and_spread_have_three_and_two_significant_digits():
+    from foresight.compare.report import fmt
+
+    assert fmt({"mean": 0.0589, "sd": 0.000546, "n": 3}) == "0.0589 ± 0.00055 (n=3)"
+    assert fmt({"mean": 58.93, "sd": None, "n": 1}) == "58.9 (n=1)"
+    assert fmt({"mean": None, "sd": None, "n": 0}) == "n/a"

@@ -35,10 +35,10 @@ EDGE_LAYER_FRACTION = 0.25  # "bottom and top layers": the first and last quarte
 
 MEASURES = {
     "top1pct_energy": "top-1% energy ratio of the final update (mean over attention/MLP matrices)",
-    "spectral_ratio": "sigma_1 / ||dW||_F of the final update",
+    "spectral_ratio": "σ1 / ‖ΔW‖_F of the final update",
     "effective_rank": "effective rank of the final update",
-    "spectral_norm": "sigma_1 of the final update",
-    "early_alignment": "mean |cos(u_k(t), u_k(T))|, k <= 20, over checkpoints in the first 30%",
+    "spectral_norm": "σ1 of the final update",
+    "early_alignment": "mean |cos(u_k(t), u_k(T))|, k ≤ 20, over checkpoints in the first 30%",
     "early_overlap": "mean subspace overlap with the final update over checkpoints in the first 30%",
     "edge_layer_share": "share of the layers' squared update in the first and last quarter of layers",
     "mlp_minus_attention": "window probe: MLP-only minus attention-only share of the gain recovered",
@@ -59,7 +59,7 @@ class Claim:
 
 CLAIMS = (
     Claim("OPD's update has higher top-1% energy than RL's", "top1pct_energy", "opd", "rl", +1),
-    Claim("OPD's update has a higher sigma_1/||dW||_F than RL's", "spectral_ratio", "opd", "rl", +1),
+    Claim("OPD's update has a higher σ1/‖ΔW‖_F than RL's", "spectral_ratio", "opd", "rl", +1),
     Claim("OPD's update has a lower effective rank than RL's", "effective_rank", "opd", "rl", -1),
     Claim(
         "OPD aligns with its final update earlier than RL (first 30%, singular-vector alignment)",

@@ -11,9 +11,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from foresight.dynamics.labels import kind_name, short_label
 from foresight.dynamics.report import Tables
 from foresight.log import read_metrics
+from foresight.module_names import KINDS
 
 COLORS = {"opd": "tab:blue", "rl": "tab:red", "sft": "tab:green"}
 RunTables = dict[str, list[Tables]]  # method -> one analysis folder's tables per seed
@@ -45,8 +48,13 @@ def _series(rows: list[dict], x: str, y: str, **match) -> tuple[list[float], lis
     return [r[x] for r in kept], [r[y] for r in kept]
 
 
-def _legend(ax) -> None:
-    if ax.get_legend_handles_labels()[0]:  # a probe missing from every run leaves an empty plot
+def _legend(ax, outside: bool = False) -> None:
+    """A legend, to the right of the axes when `outside` (many entries would hide the lines)."""
+    if not ax.get_legend_handles_labels()[0]:  # a probe missing from every run: an empty plot
+        return
+    if outside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
         ax.legend(fontsize=7)
 
 
@@ -66,7 +74,7 @@ def alignment_figure(runs: RunTables, fig_dir: Path) -> str:
         for ax, metric in panels:
             pairs = [_series(t["overall"], "progress", metric) for t in seeds]
             _band(ax, [p[0] for p in pairs], [p[1] for p in pairs], method)
-            ax.set_title(metric.removeprefix("dynamics/") + " with the final update")
+            ax.set_title(short_label(metric).removesuffix(" with final").removesuffix(" (top 20)"))
     for ax in (left, right):
         ax.axvline(0.3, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("training progress (step / final step)")
@@ -77,7 +85,8 @@ def alignment_figure(runs: RunTables, fig_dir: Path) -> str:
 def allocation_figure(runs: RunTables, fig_dir: Path) -> str:
     fig = Figure(figsize=(11, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2)
-    kinds = sorted({r["kind"] for seeds in runs.values() for r in seeds[0]["kinds"]})
+    present = {r["kind"] for seeds in runs.values() for r in seeds[0]["kinds"]}
+    kinds = [kind for kind in KINDS if kind in present]  # attention kinds together, then MLP
     width = 0.8 / max(1, len(runs))
     for index, (method, seeds) in enumerate(runs.items()):
         finals = [_final(t["layers"]) for t in seeds]
@@ -92,7 +101,7 @@ def allocation_figure(runs: RunTables, fig_dir: Path) -> str:
                 if r["kind"] == kind
             ]
             shares.append(statistics.fmean(values) if values else 0.0)
-        right.bar(
+        right.barh(
             [k + index * width for k in range(len(kinds))],
             shares,
             width,
@@ -100,8 +109,12 @@ def allocation_figure(runs: RunTables, fig_dir: Path) -> str:
             label=method,
         )
     left.set(title="share of the squared update per layer (final)", xlabel="layer")
-    right.set_xticks([k + 0.4 - width / 2 for k in range(len(kinds))], kinds, fontsize=8)
-    right.set_title("share of the squared update per module kind (final)")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # Horizontal bars: the readable kind names stack down the axis and never run into each other.
+    right.set_yticks([k + 0.4 - width / 2 for k in range(len(kinds))], map(kind_name, kinds))
+    right.tick_params(axis="y", labelsize=8)
+    right.invert_yaxis()
+    right.set(title="share of the squared update per module kind (final)", xlabel="share")
     for ax in (left, right):
         _legend(ax)
     return _save(fig, fig_dir, "allocation")
@@ -115,7 +128,7 @@ def _final(rows: list[dict]) -> list[dict]:
 
 
 def window_figure(runs: RunTables, fig_dir: Path) -> str:
-    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    fig = Figure(figsize=(7.5, 3.6), layout="constrained")
     ax = fig.subplots()
     for method, seeds in runs.items():
         for part, style in (("mlp", "-"), ("attention", "--")):
@@ -124,8 +137,9 @@ def window_figure(runs: RunTables, fig_dir: Path) -> str:
             xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
             _band(ax, xs, ys, method, label=f"{method} {part}", ls=style)
     ax.set(xlabel="window centre layer", ylabel="share of final gain recovered")
-    ax.set_title("only the MLP (solid) or attention (dashed) update of a layer window")
-    _legend(ax)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Update of a layer window only:\nMLP (solid) or attention (dashed)", fontsize=10)
+    _legend(ax, outside=True)
     return _save(fig, fig_dir, "window")
 
 
