@@ -1,9 +1,8 @@
-"""EffOPD inside a TRL trainer: TRL's DistillationTrainer does on-policy distillation (reverse KL on
-the student's own samples) and foresight's callback tries W_t + m·Δ after the optimizer step at
-steps 1, 2, 4, 8, ..., keeping a jump only when the validation signal does not drop.
+"""EffOPD inside TRL's DistillationTrainer (on-policy distillation: reverse KL on the student's own
+samples): foresight's callback tries W_t + m·Δ after the optimizer step at steps 1, 2, 4, 8, ...
+and keeps a jump only when the validation signal (minus the reverse KL to the teacher) does not drop.
 
-Run: .venv/bin/python examples/trl_effopd.py [--student models/arith/base]
-     [--teacher models/arith/teacher] [--steps 8] [--batch 8]
+Run: .venv/bin/python examples/trl_effopd.py [--steps 8] [--batch 8] [--out runs/trl_effopd] [--resume]
 """
 
 import argparse
@@ -14,47 +13,51 @@ import trl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from foresight.config import EffOPDConfig, TaskConfig
+from foresight.effopd.callback import EffOPDCallback
 from foresight.effopd.extrapolate import extrapolated_names
-from foresight.effopd.search import EffOPD, EffOPDCallback
+from foresight.effopd.search import EffOPD
+from foresight.effopd.validators import kl_validator, prompts_with_bos
 from foresight.tasks import load_task
-from foresight.train.evaluate import effopd_validator
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--student", default="models/arith/base")
 parser.add_argument("--teacher", default="models/arith/teacher")
 parser.add_argument("--steps", type=int, default=8)
 parser.add_argument("--batch", type=int, default=8)
+parser.add_argument("--out", default="runs/trl_effopd")
+parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 args = parser.parse_args()
 
 tokenizer = AutoTokenizer.from_pretrained(args.student)
-student = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32)
-teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
-task = load_task(TaskConfig(name="arith"))  # prompts, answers and a verifier
+student = AutoModelForCausalLM.from_pretrained(args.student)
+teacher = AutoModelForCausalLM.from_pretrained(args.teacher)
+task = load_task(TaskConfig(name="arith"))  # the committed models' task: prompts and a verifier
 
-# The pitfall: TRL tokenizes a plain-text prompt without special tokens, so write BOS into the text
-# (foresight's own rollouts prepend it; a model trained with it gets lost without it).
-prompts = [tokenizer.bos_token + e.prompt for e in task.sample("train", 256, 0)]
+# The pitfall: TRL encodes a plain-text prompt with the tokenizer's own special tokens, and many
+# tokenizers (this one too) add no BOS there, so a model trained with BOS would be trained without
+# it. prompts_with_bos writes BOS into the text where the tokenizer would not add it; the validator
+# gives every plain prompt exactly one BOS, so training and validation see the same ids.
+prompts = prompts_with_bos(tokenizer, [e.prompt for e in task.sample("train", 256, 0)])
 
-# The signal: minus the full-vocabulary reverse KL to the teacher on 32 fixed prompts, scored on
-# completions sampled once per search from W_t (less noisy than the paper's 50-sample accuracy).
-cfg = EffOPDConfig(enabled=True, signal="kl", multipliers=[0.5, 1.0, 2.0], n_prompts=32)
-examples = task.sample("train", cfg.n_prompts, 1)
-validator = effopd_validator("kl", task, tokenizer, examples, 40, 0, student, teacher)
-# Only attention and MLP matrices are extrapolated (cfg.modules), as in the paper.
+# The signal: minus the full-vocabulary reverse KL to the teacher on 32 fixed prompts, on
+# completions sampled once per search from the student's W_t (dense, needs no verifier).
+validation_prompts = [e.prompt for e in task.sample("train", 32, 1)]
+validator = kl_validator(validation_prompts, teacher, student, tokenizer, max_new_tokens=40, seed=0)
+cfg = EffOPDConfig(multipliers=[0.5, 1.0, 2.0])  # candidates W_t + m·Δ, tried in order
+# Only the attention and MLP matrices are extrapolated (cfg.modules), as in the paper.
 effopd = EffOPD(cfg, student, extrapolated_names(student, cfg.modules), validator)
 
 config = trl.DistillationConfig(
-    output_dir="runs/trl_effopd",  # TRL's own folder; save_strategy="no" writes no checkpoint
+    output_dir=args.out,
     max_steps=args.steps,
+    save_steps=4,  # checkpoint-N/ holds EffOPD's state too: --resume searches as if never stopped
     per_device_train_batch_size=args.batch,
     max_completion_length=40,
     learning_rate=1e-3,
     lr_scheduler_type="constant",
     beta=1.0,  # reverse KL
-    temperature=1.0,
     use_cpu=not torch.cuda.is_available(),
     gradient_checkpointing=False,
-    save_strategy="no",
     report_to="none",
     logging_steps=1,
 )
@@ -66,7 +69,7 @@ trainer = trl.DistillationTrainer(
     processing_class=tokenizer,
     callbacks=[EffOPDCallback(effopd)],  # searches write into the very model TRL optimizes
 )
-trainer.train()
+trainer.train(resume_from_checkpoint=args.resume or None)
 for search in effopd.history:
     print(
         f"step {search['step']}: accepted m = {search['accepted']:g}, "

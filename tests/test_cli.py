@@ -40,11 +40,22 @@ def test_tiny_config_trains_two_steps_through_the_cli(monkeypatch, capsys, tmp_p
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
 
 
-def test_eval_command_prints_accuracy(monkeypatch, capsys):
+def test_eval_prints_a_table_and_with_json_one_json_line(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     code, out, err = run_cli(monkeypatch, capsys, "eval", "models/arith/teacher", "--n", "16")
     assert code == 0, err
-    assert 0.0 <= json.loads(out)["eval/accuracy"] <= 1.0
+    table_accuracy = float(
+        next(line for line in out.splitlines() if "eval/accuracy " in line).split()[-2]
+    )
+    assert "eval · generating 16/16" in err and "scored 16 prompts of arith (split test)" in err
+    code, out, err = run_cli(
+        monkeypatch, capsys, "eval", "models/arith/teacher", "--n", "16", "--json"
+    )
+    assert code == 0, err
+    assert len(out.splitlines()) == 1
+    scores = json.loads(out)
+    assert list(scores) == ["eval/accuracy", "eval/accuracy_sampled", "eval/prompts"]
+    assert scores["eval/prompts"] == 16 and round(scores["eval/accuracy"], 4) == table_accuracy
 
 
 @pytest.mark.parametrize(
@@ -131,3 +142,70 @@ def test_existing_run_is_neither_overwritten_nor_mixed(monkeypatch, capsys, tmp_
 def test_missing_config_file_exits_2(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path / "nope.yaml"))
     assert code == 2 and "does not exist" in err
+
+
+def test_version_is_the_installed_distributions(monkeypatch, capsys):
+    from importlib.metadata import version
+
+    code, out, _ = run_cli(monkeypatch, capsys, "--version")
+    assert code == 0 and out == f"foresight {version('foresight')}\n"
+
+
+def test_train_help_names_every_method(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "train", "--help")
+    assert code == 0 and "OPD, RL (GRPO) or SFT" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_prints_only_the_result_before_or_after_the_command(monkeypatch, capsys, where):
+    monkeypatch.chdir(REPO)
+    args = ["eval", "models/arith/teacher", "--n", "4", "--json"]
+    args = ["-q", *args] if where == "before" else [*args, "-q"]
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and err == ""
+    assert json.loads(out)["eval/prompts"] == 4
+
+
+def test_quiet_and_verbose_together_exit_2(monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "-v", "eval", "models/arith/teacher", "-q")
+    assert code == 2 and err == "error: Pass -q (quiet) or -v (verbose), not both.\n"
+
+
+def test_eval_of_a_checkpoint_uses_its_runs_eval_settings(
+    monkeypatch, capsys, tmp_path, micro_pair
+):
+    """A checkpoint carries its run's config: `foresight eval` then scores what training's last
+    evaluation scored (same split, prompts, max_new_tokens, batch, seed), so the accuracies agree
+    exactly; a flag given replaces one setting."""
+    cfg = micro_config(
+        *micro_pair,
+        tmp_path / "run",
+        rollout={"max_new_tokens": 7},
+        eval={"n_prompts": 6, "batch_size": 4, "split": "test"},
+        log={"tensorboard": False, "progress": True, "progress_every": 1},
+    )
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", str(write_config(tmp_path, config_to_yaml(cfg)))
+    )
+    assert code == 0, err
+    assert "train · step 1/2" in err and "train · step 2/2" in err  # no terminal: plain lines
+    final = read_metrics(tmp_path / "run")[-1]
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000002"
+    for args in ((str(checkpoint),), (str(checkpoint), "--config", str(tmp_path / "run"))):
+        code, out, err = run_cli(monkeypatch, capsys, "eval", *args, "--json")
+        assert code == 0, err
+        scores = json.loads(out)
+        assert scores["eval/prompts"] == 6
+        for key in ("eval/accuracy", "eval/accuracy_sampled"):
+            assert scores[key] == final[key]
+        assert "eval settings of" in err and "split test" in err
+    code, out, err = run_cli(monkeypatch, capsys, "eval", str(checkpoint), "--n", "3", "--json")
+    assert code == 0 and json.loads(out)["eval/prompts"] == 3
+
+
+def test_eval_config_folder_without_config_is_refused(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(REPO)
+    code, _, err = run_cli(
+        monkeypatch, capsys, "eval", "models/arith/teacher", "--config", str(tmp_path)
+    )
+    assert code == 2 and "holds no config.yaml" in err and len(err.splitlines()) == 1

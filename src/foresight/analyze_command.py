@@ -20,6 +20,7 @@ from rich.console import Console
 
 from foresight.config import DynamicsConfig, TaskConfig, apply_override, describe_error
 from foresight.errors import UserError
+from foresight.log import QuietFlag, VerboseFlag, stage
 
 # torch, matplotlib and the analysis modules are imported inside the functions: the CLI imports
 # this module at startup to register the command, and `foresight --help` should not pay for them.
@@ -58,6 +59,8 @@ def analyze_command(
     overwrite: Annotated[
         bool, typer.Option(help="Write into a non-empty --out (its files are replaced).")
     ] = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Measure what training did to the weights: metrics, tables, figures and report.html."""
     from foresight.dynamics.analysis import compare
@@ -77,11 +80,13 @@ def analyze_command(
             if run.name in reports:
                 raise UserError(f"Two runs are named '{run.name}'; rename one folder or copy it.")
             reports[run.name] = out / run.name
-            _analyze_one([run], reports[run.name], base, probes, task, overrides, console, None)
+            with stage(f"analyze {run.name}"):
+                _analyze_one([run], reports[run.name], base, probes, task, overrides, console, None)
         compare(reports, out)
         console.print(f"comparison of {len(reports)} runs: {out / 'report.html'}")
         return
-    _analyze_one(paths, out, base, probes, task, overrides, console, given_steps)
+    with stage("analyze"):
+        _analyze_one(paths, out, base, probes, task, overrides, console, given_steps)
 
 
 def _parse_steps(text: str, expected: int) -> list[int]:

@@ -6,15 +6,19 @@ Run: foresight --help
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from foresight.analyze_command import analyze_command
+from foresight.config import TaskConfig
 from foresight.errors import UserError
+from foresight.log import QuietFlag, VerboseFlag, say, set_verbosity, stage
 
 app = typer.Typer(
     add_completion=False,
@@ -30,12 +34,42 @@ SetOption = Annotated[
 ]
 
 
-def quiet_libraries() -> None:
-    """Silence transformers' per-file progress bars; our own progress line is enough."""
+def library_verbosity() -> None:
+    """Libraries' own logs follow ours: by default transformers' warnings and per-file progress
+    bars are off (our labelled progress says enough); with -v, transformers' and every other
+    library's info logs are on."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    if logging.getLogger("foresight").level <= logging.DEBUG:  # -v
+        hf_logging.set_verbosity_info()
+        hf_logging.enable_progress_bar()
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    else:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"foresight {version('foresight')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    # -q/-v given before the command were applied by their callbacks; after it, by the command's.
+    library_verbosity()
 
 
 @app.command()
@@ -48,14 +82,17 @@ def train(
         bool,
         typer.Option(help="Allow a teacher with another vocabulary, read through model.vocab_map."),
     ] = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
-    """Train (OPD or SFT) from a YAML config."""
+    """Train (OPD, RL (GRPO) or SFT) from a YAML config."""
     from foresight.config import load_config
     from foresight.train.loop import train as run_training
 
     if allow_vocab_mismatch:  # stored in the config, so the run folder records it
         set_ = [*set_, "model.allow_vocab_mismatch=true"]
-    run_dir = run_training(load_config(config, set_), resume=resume, overwrite=overwrite)
+    with stage("train"):
+        run_dir = run_training(load_config(config, set_), resume=resume, overwrite=overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         typer.echo(f"run folder: {run_dir}")
 
@@ -82,16 +119,20 @@ def demo(
             "(needs `make models/smollm2-135m-instruct`).",
         ),
     ] = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Distill the committed base toward the committed teacher and print the accuracies."""
     if real:
         from foresight.demo_real import run_real_demo
 
-        run_real_demo(config or Path("configs/real.yaml"), set_, out or Path("runs/demo-real"))
+        with stage("demo --real"):
+            run_real_demo(config or Path("configs/real.yaml"), set_, out or Path("runs/demo-real"))
         return
     from foresight.demo import run_demo
 
-    run_demo(config or Path("configs/demo.yaml"), set_, out or Path("runs/demo"), effopd)
+    with stage("demo"):
+        run_demo(config or Path("configs/demo.yaml"), set_, out or Path("runs/demo"), effopd)
 
 
 @app.command()
@@ -146,12 +187,14 @@ def compare_(
     ] = False,
     set_: SetOption = [],
     overwrite: Annotated[bool, typer.Option(help="Delete the comparison's folder first.")] = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Train OPD, RL and SFT from one base over seeds, analyze them, report the paper's claims."""
     from foresight.compare.run import compare
 
-    quiet_libraries()
-    compare(config, quick=quick, overrides=set_, overwrite=overwrite)
+    with stage("compare"):
+        compare(config, quick=quick, overrides=set_, overwrite=overwrite)
 
 
 @app.command("import-gguf")
@@ -159,6 +202,8 @@ def import_gguf_(
     file: Annotated[Path, typer.Argument(help="GGUF model file (quantized or not).")],
     out_dir: Annotated[Path, typer.Argument(help="New Hugging Face model folder.")],
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty OUT_DIR.")] = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Convert a GGUF model file into an ordinary HF folder (float32 safetensors + tokenizer)."""
     import time
@@ -172,61 +217,186 @@ def import_gguf_(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[Path, typer.Argument(help="Model folder.")],
+    model: Annotated[Path, typer.Argument(help="Model folder (or a checkpoint of a run).")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML config or run folder whose task and eval settings to use (eval.n_prompts, "
+            "eval.split, eval.batch_size, rollout.max_new_tokens); default: MODEL's own "
+            "config.yaml when MODEL is a checkpoint of ours."
+        ),
+    ] = None,
     task: Annotated[
-        str, typer.Option(help="Embedded task name or a JSONL/Parquet file.")
-    ] = "arith",
+        str | None,
+        typer.Option(
+            help="Embedded task name or a JSONL/Parquet file; default: the config's, else arith."
+        ),
+    ] = None,
     verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
     split: Annotated[
         str | None,
         typer.Option(
-            help="val, test (hash split), or all; default: all rows of a file, else test."
+            help="val, test (hash split), or all; default: the config's eval.split, else all rows "
+            "of a file, else test."
         ),
     ] = None,
     n: Annotated[
-        int | None, typer.Option(min=1, help="Prompts scored; default: every row, or 500.")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Prompts scored; default: the config's eval.n_prompts, else every row or 500.",
+        ),
     ] = None,
     teacher: Annotated[
         Path | None, typer.Option(help="Also report reverse KL to this teacher.")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Completion cap; default: the config's rollout.max_new_tokens, else 64."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Prompts per generation batch; default: eval.batch_size, else 256."
+        ),
+    ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
-    """Accuracy of a model on a task's held-out split (and KL to a teacher)."""
+    """Accuracy of a model on a task's held-out split (and KL to a teacher), with the run's eval
+    settings when given its config."""
     import json
 
-    from foresight.config import TaskConfig
+    from foresight.lora import load_for_eval
     from foresight.models import check_pair, load_model, load_tokenizer
     from foresight.tasks import load_task
     from foresight.train.evaluate import evaluate
 
-    user_file = task.endswith(USER_FILE_SUFFIXES)
-    split = split or ("all" if user_file else "test")
-    if split not in ("val", "test", "all") or (split == "all" and not user_file):
-        raise UserError(f"Unknown split '{split}'; use val or test (or all, for a task file).")
-    task_cfg = (
-        TaskConfig(name="jsonl", path=Path(task), verifier=verifier)
-        if user_file
-        else TaskConfig(name=task)
+    settings = eval_settings(
+        model,
+        config,
+        task,
+        verifier,
+        split=split,
+        n=n,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
     )
-    loaded = load_task(task_cfg)
-    n = n or (sys.maxsize if user_file else 500)
-    rows = len(loaded.sample(split, n, 0))
-    from foresight.lora import load_for_eval
-
+    loaded = load_task(settings.task)
+    rows = len(loaded.sample(settings.split, settings.n, 0))
     student, tokenizer = load_for_eval(model)  # a model folder or a LoRA checkpoint of a run
     teacher_model = None
     if teacher is not None:
         teacher_model = load_model(teacher, "teacher")
         check_pair(tokenizer, load_tokenizer(teacher, "teacher"), student, teacher_model)
-    scores = evaluate(
-        student, tokenizer, loaded, split, n, max_new_tokens, 256, teacher=teacher_model
+    with stage("eval"):
+        scores = evaluate(
+            student,
+            tokenizer,
+            loaded,
+            settings.split,
+            settings.n,
+            settings.max_new_tokens,
+            settings.batch_size,
+            teacher=teacher_model,
+            sampled=settings.sampled,
+            seed=settings.seed,
+        )
+    task_name = task or settings.task.name
+    source = f", eval settings of {settings.source}" if settings.source else ""
+    say(f"scored {rows} prompts of {task_name} (split {settings.split}{source})")
+    result = {**scores, "eval/prompts": rows}
+    if json_:
+        typer.echo(json.dumps(result))
+        return
+    print_table(f"{model} on {task_name}, split {settings.split}", result)
+
+
+def print_table(title: str, metrics: dict[str, float]) -> None:
+    """Metrics as a two-column rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What `foresight eval` scores, and where the settings came from (None: the command's own)."""
+
+    task: TaskConfig
+    split: str
+    n: int
+    max_new_tokens: int
+    batch_size: int
+    sampled: bool = True
+    seed: int = 0
+    source: Path | None = None
+
+
+def eval_settings(
+    model: Path, config: Path | None, task: str | None, verifier: str, **flags: object
+) -> EvalSettings:
+    """The run's task and eval settings, as training evaluates (from --config, a YAML or a run
+    folder, else MODEL's own config.yaml), each replaced by a flag given (`flags` not None);
+    without a config, the task's test split (all rows of a file), 500 prompts, 64 new tokens."""
+    from foresight.config import load_config
+
+    source = config
+    if source is not None and source.is_dir():
+        source = source / "config.yaml"
+        if not source.is_file():
+            raise UserError(f"{config} holds no config.yaml; pass a run folder or a YAML config.")
+    elif source is None and (model / "config.yaml").is_file():
+        source = model / "config.yaml"  # a checkpoint of ours carries its run's config
+    if source is None:
+        task_cfg = task_config(task or "arith", verifier)
+        whole_file = task_cfg.name == "jsonl"
+        split, n = ("all", sys.maxsize) if whole_file else ("test", 500)
+        settings = EvalSettings(task_cfg, split, n, 64, 256)
+    else:
+        cfg = load_config(source)
+        settings = EvalSettings(
+            task_config(task, verifier) if task else cfg.task,
+            cfg.eval.split,
+            cfg.eval.n_prompts,
+            cfg.rollout.max_new_tokens,  # what training's evaluation generates
+            cfg.eval.batch_size,
+            cfg.eval.sampled,
+            cfg.train.seed,
+            source,
+        )
+    settings = replace(
+        settings, **{key: value for key, value in flags.items() if value is not None}
     )
-    typer.echo(f"scored {rows} prompts of {task} (split {split})", err=True)
-    typer.echo(json.dumps({**scores, "eval/prompts": rows}))
+    if settings.split not in ("val", "test", "all") or (
+        settings.split == "all" and settings.task.name != "jsonl"
+    ):
+        raise UserError(
+            f"Unknown split '{settings.split}'; use val or test (or all, for a task file)."
+        )
+    return settings
+
+
+def task_config(task: str, verifier: str) -> TaskConfig:
+    """An embedded task's name, or a user's JSONL/Parquet file read with `verifier`."""
+    if task.endswith(USER_FILE_SUFFIXES):
+        return TaskConfig(name="jsonl", path=Path(task), verifier=verifier)
+    return TaskConfig(name=task)
 
 
 def main() -> None:
-    quiet_libraries()
+    set_verbosity(0)  # -q/-v flags change it while the command line is parsed
     try:
         app()
     except UserError as err:

@@ -26,11 +26,22 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 
 class ModelConfig(Section):
-    student: Path = Field(
-        Path("models/arith/base"), description="Student model folder (HF format)."
+    student: str = Field(
+        "models/arith/base",
+        description="Student model: a Hugging Face model folder, or a Hub id such as "
+        "Qwen/Qwen3-0.6B, read through the Hugging Face cache (downloaded when online; "
+        "HF_HUB_OFFLINE, HF_HOME and HF_HUB_CACHE apply). An existing folder wins.",
     )
-    teacher: Path | None = Field(
-        Path("models/arith/teacher"), description="Teacher model folder; null for RL/SFT-free runs."
+    student_revision: str | None = Field(
+        None, description="Hub branch, tag or commit of a Hub-id student; null = main."
+    )
+    teacher: str | None = Field(
+        "models/arith/teacher",
+        description="Teacher model: a folder or a Hub id, as model.student; null for RL/SFT-free "
+        "runs.",
+    )
+    teacher_revision: str | None = Field(
+        None, description="Hub branch, tag or commit of a Hub-id teacher; null = main."
     )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Student compute dtype; bfloat16 = autocast over float32 weights."
@@ -218,8 +229,22 @@ class EvalConfig(Section):
     batch_size: int = Field(256, ge=1, description="Prompts per generation batch.")
 
 
+# The experiment trackers accelerate's tracking module knows (accelerate.tracking's
+# LOGGER_TYPE_TO_CLASS, which a test compares with this list), TensorBoard aside.
+TRACKERS = ("wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
+
+
 class LogConfig(Section):
-    tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
+    tensorboard: bool = Field(True, description="Also write TensorBoard event files (RUN/tb).")
+    report_to: list[str] = Field(
+        [],
+        description="More experiment trackers, through accelerate's tracking module: "
+        f"{', '.join(TRACKERS)}; each reads its own settings from the environment (WANDB_MODE, "
+        "WANDB_DIR, MLFLOW_TRACKING_URI, ...). metrics.jsonl stays the source of truth.",
+    )
+    project: str = Field(
+        "foresight", description="Project (or experiment) name the trackers file the run under."
+    )
     progress: bool = Field(True, description="Show the progress bar.")
     progress_every: int = Field(
         0,
@@ -227,6 +252,20 @@ class LogConfig(Section):
         description="Without a terminal, print a plain progress line every N steps; 0 = about "
         "ten lines per run.",
     )
+
+    @model_validator(mode="after")
+    def _known_trackers(self) -> LogConfig:
+        for name in self.report_to:
+            if name == "tensorboard":
+                raise ValueError(
+                    "log.report_to lists tensorboard, which is log.tensorboard (on by default); "
+                    "remove it from log.report_to"
+                )
+            if name not in TRACKERS:
+                raise ValueError(
+                    f"log.report_to names an unknown tracker '{name}'; use {', '.join(TRACKERS)}"
+                )
+        return self
 
 
 class DynamicsConfig(Section):

@@ -26,8 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -39,6 +40,7 @@ from rich.progress import (
 )
 
 from foresight.config import LogConfig
+from foresight.errors import UserError
 
 logger = logging.getLogger("foresight")
 
@@ -54,6 +56,46 @@ def set_verbosity(level: int) -> None:
     """-1 quiet (errors and results only), 0 normal (progress and info lines), 1 verbose (also
     debug lines). Sets the `foresight` logger's level; library users may set it directly."""
     logger.setLevel({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[level])
+
+
+def _verbosity_flag(level: int):
+    """A typer callback for -q (level -1) or -v (1); both in one command line is an error."""
+
+    def apply(value: bool) -> bool:
+        if value:
+            other = {-1: logging.DEBUG, 1: logging.WARNING}[level]
+            if logger.level == other:
+                raise UserError("Pass -q (quiet) or -v (verbose), not both.")
+            set_verbosity(level)
+        return value
+
+    return apply
+
+
+# The -q/-v flags every command takes (before or after its name). The callbacks set the verbosity
+# while the command line is parsed, so the commands never read the values (expose_value=False).
+QuietFlag = Annotated[
+    bool,
+    typer.Option(
+        "-q",
+        "--quiet",
+        callback=_verbosity_flag(-1),
+        expose_value=False,
+        is_eager=True,
+        help="Print only errors and the result.",
+    ),
+]
+VerboseFlag = Annotated[
+    bool,
+    typer.Option(
+        "-v",
+        "--verbose",
+        callback=_verbosity_flag(1),
+        expose_value=False,
+        is_eager=True,
+        help="Also print the libraries' info logs.",
+    ),
+]
 
 
 def quiet() -> bool:
@@ -177,10 +219,89 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     os.replace(temporary, path)
 
 
-class RunLogger:
-    """Writes each step's metrics to metrics.jsonl, TensorBoard and the progress line."""
+# The keyword each tracker's init takes for the run's own name (the others get none).
+RUN_NAME_KEYWORD = {"wandb": "name", "trackio": "name", "mlflow": "run_name"}
 
-    def __init__(self, run_dir: Path, cfg: LogConfig, start_step: int, total_steps: int) -> None:
+
+def check_trackers(cfg: LogConfig) -> None:
+    """Refuse a tracker of log.report_to whose package is not installed, before anything loads."""
+    if not cfg.report_to:
+        return
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(tracker) for tracker in get_available_trackers()}
+    for name in cfg.report_to:
+        if name not in available:
+            raise UserError(
+                f"log.report_to names {name}, whose package is not installed; "
+                f"pip install {name} or remove it from log.report_to."
+            )
+
+
+def start_trackers(cfg: LogConfig, run_dir: Path, run_config: dict[str, Any]) -> list[Any]:
+    """The trackers of log.report_to, started through accelerate's tracking module (its tracker
+    classes, as `Accelerator.init_trackers` starts them), with the run's config stored.
+
+    Only the main process creates a RunLogger, so accelerate's own main-process check is switched
+    off; its trackers log through accelerate's logger, which needs its process state (PartialState,
+    which under torchrun finds the process group already made)."""
+    if not cfg.report_to:
+        return []
+    from accelerate import PartialState
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    check_trackers(cfg)
+    PartialState()
+    hyperparameters = flat_config(run_config)
+    trackers = []
+    for name in cfg.report_to:
+        tracker_class = LOGGER_TYPE_TO_CLASS[name]
+        args = [cfg.project]
+        if tracker_class.requires_logging_directory:
+            args.append(str(Path(run_dir) / name))
+        keyword = RUN_NAME_KEYWORD.get(name)
+        tracker = tracker_class(*args, **({keyword: Path(run_dir).name} if keyword else {}))
+        tracker.main_process_only = False
+        try:
+            tracker.start()
+            tracker.store_init_configuration(hyperparameters)
+        # Any failure inside a third-party tracker (login, server, its own settings) is the
+        # user's environment, told in one sentence rather than a traceback of its internals.
+        except Exception as exc:  # noqa: BLE001
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(
+                f"The {name} tracker did not start ({first_line}); fix its settings (for wandb "
+                f"without a login: WANDB_MODE=offline) or remove it from log.report_to."
+            ) from None
+        trackers.append(tracker)
+    return trackers
+
+
+def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}; lists and paths as text (trackers store
+    scalars only)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flat_config(value, f"{prefix}{key}.")
+        else:
+            scalar = value is None or isinstance(value, bool | int | float | str)
+            flat[f"{prefix}{key}"] = value if scalar else str(value)
+    return flat
+
+
+class RunLogger:
+    """Writes each step's metrics to metrics.jsonl, TensorBoard, the trackers of log.report_to and
+    the progress bar. `run_config` (the resolved config as a dict) is what the trackers store."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: LogConfig,
+        start_step: int,
+        total_steps: int,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         # Resuming before the first checkpoint starts over, step-0 evaluation included.
         last_kept = start_step if start_step > 0 else -1
@@ -191,6 +312,7 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard only when used
 
             self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=last_kept + 1)
+        self.trackers = start_trackers(cfg, Path(run_dir), run_config or {})
         self.last_accuracy = float("nan")
         self.bar = None
         if cfg.progress:
@@ -204,6 +326,8 @@ class RunLogger:
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, step)
+        for tracker in self.trackers:
+            tracker.log(metrics, step=step)
         self.last_accuracy = metrics.get("eval/accuracy", self.last_accuracy)
         if self.bar is not None and step > 0:
             note = (
@@ -216,6 +340,8 @@ class RunLogger:
         self.file.close()
         if self.writer is not None:
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()
         if self.bar is not None:
             self.bar.close()
 

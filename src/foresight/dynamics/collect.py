@@ -20,6 +20,7 @@ from foresight.config import DynamicsConfig
 from foresight.dynamics.direction import direction_metrics, top_left_vectors, trajectory_pca
 from foresight.dynamics.metrics import METRICS
 from foresight.dynamics.reading import ModelFolder, TensorInfo, check_series, describe
+from foresight.log import progress
 
 Row = dict[str, object]
 
@@ -77,7 +78,8 @@ def collect(
     clock = Clock()
     per_tensor: list[list[Row]] = []
     trajectory: list[Row] = []
-    with torch_threads(cfg.threads):
+    # Tensor by tensor, each read from every checkpoint: the bar counts tensors.
+    with torch_threads(cfg.threads), progress("measuring tensors", len(infos)) as bar:
         for info in infos:
             rows, leading = _tensor_rows(info, base, series, cfg, clock)
             per_tensor.append(rows)
@@ -86,6 +88,7 @@ def collect(
                     pca = trajectory_pca(leading)
                 row = {"module": info.name, "layer": info.layer, "kind": info.kind}
                 trajectory.append({**row, **pca})
+            bar.advance()
     # Regroup checkpoint-major so each step's rows are contiguous and in the same tensor order.
     modules = [rows[i] for i in range(len(series)) for rows in per_tensor]
     return Collected(modules, trajectory, dict(clock.seconds))

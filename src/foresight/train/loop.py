@@ -31,12 +31,18 @@ from foresight.config import Config
 from foresight.effopd.extrapolate import extrapolated_names
 from foresight.effopd.search import EffOPD
 from foresight.errors import UserError
-from foresight.log import RunLogger
+from foresight.log import RunLogger, check_trackers
 from foresight.run_folder import RunLock, holds_only_lock
 from foresight.train.distributed import Distributed, grad_norm_value
 from foresight.train.evaluate import effopd_validator, evaluate
 from foresight.train.loss import Scores, group_advantages, masked_sum_loss
-from foresight.train.rollout import StepBatch, step_examples, stream_seed, student_batch
+from foresight.train.rollout import (
+    StepBatch,
+    step_examples,
+    stream_seed,
+    student_batch,
+    truncated_rows,
+)
 from foresight.train.scoring import frozen_hidden_states, score_tokens
 from foresight.train.setup import Trainer, setup
 from foresight.train.sft_batches import TeacherCompletions, sft_batch
@@ -54,9 +60,10 @@ def make_batch(t: Trainer, step: int) -> StepBatch:
 
 def micro_batch_loss(
     t: Trainer, batch: StepBatch, rows: slice, frozen_hidden, advantages, n_tokens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss of one micro-batch, divided by the step's token count (accumulation-safe), and the
-    detached log-ratio to the frozen model (B, T-1) for the KL metric, when it was scored."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Loss of one micro-batch, divided by the step's token count (accumulation-safe); the
+    detached log-ratio to the frozen model (B, T-1) for the KL metric, when it was scored; and the
+    student's entropy summed over the completion tokens (train/entropy), from the same logits."""
     objective, loss_cfg = t.objective, t.cfg.loss
     rollout = batch.rollout.rows(rows)
     scores = score_tokens(
@@ -68,6 +75,7 @@ def micro_batch_loss(
         loss_cfg.chunk_tokens,
         None if frozen_hidden is None else frozen_hidden[rows],
         loss_cfg.teacher_topk,
+        student_entropy=True,
     )
     student_logprobs = scores.student_logprobs  # (b, T-1)
     # One advantage per completion (rl), shared by its tokens: (b,) -> (b, T-1).
@@ -81,7 +89,7 @@ def micro_batch_loss(
     log_ratio = None
     if scores.teacher_logprobs is not None:
         log_ratio = (student_logprobs - scores.teacher_logprobs).detach() * mask
-    return loss, log_ratio
+    return loss, log_ratio, (scores.student_entropy * mask).sum()
 
 
 def train_step(t: Trainer, step: int) -> dict[str, float]:
@@ -100,17 +108,27 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
     # Token-mean over the global batch: every rank divides by all ranks' token count, and scales
     # its backward by N because FSDP averages the ranks' gradients (distributed.py).
     n_tokens = t.dist.sum(mask.sum()).clamp(min=1)
-    losses, kl_sums = [], []  # detached, read once after the loop: no sync per micro-batch
+    # Detached, read once after the loop: no sync per micro-batch.
+    losses, kl_sums, entropy_sums = [], [], []
     t.student.train()  # the update
     for part in torch.arange(mask.shape[0]).tensor_split(t.cfg.train.micro_batches):
         rows = slice(int(part[0]), int(part[-1]) + 1)
         with t.compute():
-            loss, log_ratio = micro_batch_loss(t, batch, rows, frozen_hidden, advantages, n_tokens)
+            loss, log_ratio, micro_entropy = micro_batch_loss(
+                t, batch, rows, frozen_hidden, advantages, n_tokens
+            )
         (loss * t.dist.world).backward()
         losses.append(loss.detach())
+        entropy_sums.append(micro_entropy)
         if log_ratio is not None:
             kl_sums.append(log_ratio.sum())
-    total_loss, kl_sum = t.dist.sum([_total(losses), _total(kl_sums)]).tolist()
+    sampled_here = t.cfg.train.method != "sft"  # sft's completions are given, not cut by the cap
+    # Completions cut at rollout.max_new_tokens without an end token.
+    truncated = truncated_rows(t.tokenizer, batch.rollout).sum() if sampled_here else 0
+    rows_total = mask.shape[0]
+    total_loss, kl_sum, entropy_sum, truncated, rows_total = t.dist.sum(
+        [_total(losses), _total(kl_sums), _total(entropy_sums), float(truncated), rows_total]
+    ).tolist()
     grad_norm = grad_norm_value(
         torch.nn.utils.clip_grad_norm_(t.student.parameters(), t.cfg.optim.grad_clip or math.inf)
     )
@@ -132,7 +150,10 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
         "time/teacher_s": scored - sampled,
         "time/student_s": finished - scored,
         "tokens/completion": float(n_tokens),
+        "train/entropy": entropy_sum / float(n_tokens),
     }
+    if sampled_here:
+        stats["train/truncated_share"] = truncated / rows_total
     if kl_sums:  # k1 estimate of the per-token KL to the teacher (opd) or reference (rl)
         stats["kl/mean"] = kl_sum / float(n_tokens)
     if batch.rewards is not None:
@@ -261,6 +282,7 @@ def _train(
 ) -> Path:
     # What can reject the input without loading anything runs before the run folder is touched.
     run_dir = cfg.train.out_dir
+    check_trackers(cfg.log)
     start_step, checkpoint = resume_point(run_dir, saved_cfg, resume, overwrite)
     lock = RunLock(run_dir)
     if dist.main:  # claimed before anything slow: a second process on the folder exits at once
@@ -291,7 +313,10 @@ def _claimed(cfg, saved_cfg, dist, resume, overwrite, start_step, checkpoint, lo
     effopd = make_effopd(t)
     if checkpoint is not None:
         restore(t, effopd, checkpoint)
-    logger = RunLogger(run_dir, cfg.log, start_step, cfg.train.steps) if dist.main else None
+    logger = None
+    if dist.main:
+        run_config = saved_cfg.model_dump(mode="json")  # what the trackers store
+        logger = RunLogger(run_dir, cfg.log, start_step, cfg.train.steps, run_config)
     try:
         if start_step == 0:
             _log(logger, 0, run_eval(t))

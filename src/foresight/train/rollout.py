@@ -218,6 +218,16 @@ def ended_with_eos(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list
     return [bool(row) and row[-1] in stops for row in rollout.completion_ids()]
 
 
+def truncated_rows(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> torch.Tensor:
+    """(B,) bool: the sampled completions cut at max_new_tokens, i.e. whose last generated token is
+    not an end token (sampling stops a row only at one of stop_ids or at the cap)."""
+    lengths = rollout.completion_mask.sum(1)  # (B,) completions are contiguous after the prompt
+    last_column = (rollout.prompt_width + lengths - 1).clamp(min=0)  # (B,)
+    last_ids = rollout.ids.gather(1, last_column[:, None])[:, 0]  # (B,)
+    stops = torch.tensor(stop_ids(tokenizer), device=last_ids.device)
+    return (lengths > 0) & ~torch.isin(last_ids, stops)
+
+
 def decode_completions(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:
     """Completion texts without their end token or padding."""
     stops = set(stop_ids(tokenizer))

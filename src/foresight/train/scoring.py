@@ -35,6 +35,7 @@ class TokenScores:
     student_logprobs: torch.Tensor  # (B, T-1) log p_S of the sampled tokens
     teacher_logprobs: torch.Tensor | None  # (B, T-1) log p_T of the sampled tokens
     divergence: torch.Tensor | None  # (B, T-1) full-vocabulary divergence, when asked for
+    student_entropy: torch.Tensor | None = None  # (B, T-1) H(p_S), detached, when asked for
 
 
 def own_dtype(device: torch.device) -> torch.autocast:
@@ -67,6 +68,14 @@ def head_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return head(hidden.contiguous())
 
 
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary entropy H(p) = -Σ_v p_v log p_v per position (B, C) of logits (B, C, V), in
+    at least float32 and detached: a metric (train/entropy), never a loss term. entr(0) = 0, so a
+    token of probability 0 adds nothing."""
+    with torch.no_grad():
+        return torch.special.entr(torch.softmax(at_least_float32(logits), dim=-1)).sum(-1)
+
+
 def _teacher_chunk(
     teacher_head: torch.nn.Module,
     teacher_hidden: torch.Tensor,
@@ -91,15 +100,37 @@ def _chunk_scores(
     teacher_head: torch.nn.Module | None,
     kind: str | None,
     beta: float,
+    with_entropy: bool,
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor | None,
     next_ids: torch.Tensor,
     *teacher_scores: torch.Tensor,
-) -> tuple[torch.Tensor, ...]:
-    """Scores of one chunk. `teacher_scores` are `_teacher_chunk`'s, computed outside the student's
+) -> tuple[torch.Tensor | None, ...]:
+    """Scores of one chunk (student log-probs, teacher log-probs, divergence, student entropy; None
+    where not computed). `teacher_scores` are `_teacher_chunk`'s, computed outside the student's
     activation checkpoint when they are small; a full-vocabulary divergence instead computes the
     teacher's logits here, so they are never stored for every chunk at once."""
     student_logits = head_logits(student_head, student_hidden)  # (B, C, V)
+    # From the logits already here: no extra LM head pass (backward's recompute repeats it).
+    entropy = token_entropy(student_logits) if with_entropy else None  # (B, C)
+    return (
+        *_chunk_logprobs(
+            student_logits, teacher_head, kind, beta, teacher_hidden, next_ids, *teacher_scores
+        ),
+        entropy,
+    )
+
+
+def _chunk_logprobs(
+    student_logits: torch.Tensor,
+    teacher_head: torch.nn.Module | None,
+    kind: str | None,
+    beta: float,
+    teacher_hidden: torch.Tensor | None,
+    next_ids: torch.Tensor,
+    *teacher_scores: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """`_chunk_scores`' student and teacher log-probs and divergence, from the student's logits."""
     if teacher_head is not None and teacher_scores and kind is not None:
         teacher_logp, topk_ids, teacher_buckets = teacher_scores
         # The sampled token and the teacher's top k in one pass over the (B, C, V) logits.
@@ -110,7 +141,7 @@ def _chunk_scores(
         return chosen[..., 0], teacher_logp, per_position
     student_logp = selected_logprobs(student_logits, next_ids[..., None])[..., 0]  # (B, C)
     if teacher_head is None:
-        return (student_logp,)
+        return student_logp, None, None
     if not teacher_scores:
         with torch.no_grad(), own_dtype(teacher_hidden.device):
             teacher_logits = head_logits(teacher_head, teacher_hidden)  # (B, C, V)
@@ -118,7 +149,7 @@ def _chunk_scores(
             teacher_logits = teacher_logits.to(student_logits.device)
         per_position = divergence(kind, student_logits, teacher_logits, beta)
         return student_logp, teacher_logp.to(student_logits.device), per_position
-    return student_logp, teacher_scores[0]  # sampled tokens only
+    return student_logp, teacher_scores[0], None  # sampled tokens only
 
 
 def sampled_logprobs(
@@ -169,12 +200,14 @@ def score_tokens(
     chunk_tokens: int = 64,
     teacher_hidden: torch.Tensor | None = None,
     teacher_topk: int | None = None,
+    student_entropy: bool = False,
 ) -> TokenScores:
     """Student (with grad if enabled) and teacher (no grad) scores of the rollout's tokens.
 
     kind = None gives sampled-token log-probs only; a full-vocabulary divergence (loss.DIVERGENCES)
     also gives the per-position divergence, over the teacher's top `teacher_topk` tokens plus a tail bucket when
     set (loss.py `topk_divergence`). `teacher_hidden` (B, T, H) may be passed in when computed.
+    `student_entropy` also gives the student's full-vocabulary entropy per position (detached).
     """
     # Position t predicts ids[:, t+1], so the first completion token is predicted at P-1. The
     # positions before it predict prompt tokens, which no loss reads: their LM head is skipped
@@ -204,6 +237,7 @@ def score_tokens(
             teacher_head,
             kind,
             beta,
+            student_entropy,
             student_hidden[:, part],
             None if teacher_hidden is None else teacher_hidden[:, part],
             next_ids[:, part],
@@ -214,6 +248,8 @@ def score_tokens(
             pieces.append(checkpoint(_chunk_scores, *args, use_reentrant=False))
         else:
             pieces.append(_chunk_scores(*args))
-    columns = [F.pad(torch.cat(parts, dim=1), (first, 0)) for parts in zip(*pieces)]  # (B, T-1)
-    columns += [None] * (3 - len(columns))
+    columns = [  # (B, T-1) each, or None where not computed
+        None if parts[0] is None else F.pad(torch.cat(parts, dim=1), (first, 0))
+        for parts in zip(*pieces)
+    ]
     return TokenScores(*columns)
