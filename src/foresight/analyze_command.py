@@ -142,7 +142,12 @@ def _analyze_one(
 
 
 def _run_base(run_cfg: dict[str, Any], run_dir: Path) -> Path:
-    student = (run_cfg.get("model") or {}).get("student")
+    from foresight.hub import is_hub_id, model_folder  # huggingface_hub: only when needed
+
+    model = run_cfg.get("model") or {}
+    student = model.get("student")
+    if student and is_hub_id(student):  # its snapshot in the Hugging Face cache
+        return model_folder(student, "student", model.get("student_revision"))
     if not student or not Path(student).is_dir():
         raise UserError(
             f"The base model of run {run_dir} ({student}) is not a folder here; "

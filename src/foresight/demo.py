@@ -19,6 +19,7 @@ from rich.table import Table
 from foresight.checkpoint import free_run_dir
 from foresight.config import Config, load_config
 from foresight.errors import UserError
+from foresight.hub import model_folder
 from foresight.log import read_metrics
 from foresight.models import load_model, load_tokenizer
 from foresight.tasks import load_task
@@ -28,11 +29,13 @@ from foresight.train.loop import train
 TEST_PROMPTS = 500
 
 
-def test_accuracy(cfg: Config, folder: Path, role: str, n_prompts: int) -> float:
+def test_accuracy(
+    cfg: Config, model: str | Path, role: str, n_prompts: int, revision: str | None = None
+) -> float:
     task = load_task(cfg.task)
     scores = evaluate(
-        load_model(folder, role),
-        load_tokenizer(folder, role),
+        load_model(model, role, revision=revision),
+        load_tokenizer(model, role, revision=revision),
         task,
         "test",
         n_prompts,
@@ -76,8 +79,13 @@ def run_demo(
     cfg = load_config(config_path, overrides)
     if cfg.model.teacher is None:
         raise UserError("The demo distills toward a teacher; set model.teacher to a model folder.")
-    base_accuracy = test_accuracy(cfg, cfg.model.student, "student", test_prompts)
-    teacher_accuracy = test_accuracy(cfg, cfg.model.teacher, "teacher", test_prompts)
+    model = cfg.model
+    base_accuracy = test_accuracy(
+        cfg, model.student, "student", test_prompts, model.student_revision
+    )
+    teacher_accuracy = test_accuracy(
+        cfg, model.teacher, "teacher", test_prompts, model.teacher_revision
+    )
     plain = distill(cfg, overrides, run_dir / "opd", config_path, test_prompts)
     gap = teacher_accuracy - base_accuracy
     summary = {
@@ -115,7 +123,8 @@ def analyze_run(cfg: Config, run: Path, out: Path) -> Path:
     from foresight.dynamics.analysis import analyze
     from foresight.dynamics.reading import checkpoints_of
 
-    analyze(Path(cfg.model.student), checkpoints_of(run), out, cfg.dynamics, None)
+    base = model_folder(cfg.model.student, "student", cfg.model.student_revision)
+    analyze(base, checkpoints_of(run), out, cfg.dynamics, None)
     return out / "report.html"
 
 

@@ -65,10 +65,10 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def load_student(cfg: Config, checkpoint: Path | None = None) -> torch.nn.Module:
     """The student of a run for evaluation: model.student, with a LoRA checkpoint's adapter on top
     when lora is enabled (a full checkpoint otherwise). Float32 on model.device, in eval mode."""
-    if not cfg.lora.enabled:
-        folder = checkpoint or cfg.model.student
-        return load_model(folder, "student", "float32", cfg.model.device).eval()
-    base = load_model(cfg.model.student, "student", "float32", cfg.model.device)
+    if not cfg.lora.enabled and checkpoint is not None:
+        return load_model(checkpoint, "student", "float32", cfg.model.device).eval()
+    revision = cfg.model.student_revision  # model.student may be a Hub id
+    base = load_model(cfg.model.student, "student", "float32", cfg.model.device, revision=revision)
     if checkpoint is None:
         return base.eval()
     model = peft.PeftModel.from_pretrained(base, checkpoint, is_trainable=False)
@@ -89,5 +89,7 @@ def load_for_eval(folder: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBas
             "merge it into its base (peft merge_and_unload) and evaluate the merged folder."
         )
     cfg = load_config(folder / "config.yaml")
-    tokenizer = load_tokenizer(cfg.model.student, "student", cfg.model.chat_template)
+    tokenizer = load_tokenizer(
+        cfg.model.student, "student", cfg.model.chat_template, cfg.model.student_revision
+    )
     return load_student(cfg, folder), tokenizer

@@ -1,4 +1,7 @@
-"""Model and tokenizer folders: build the tiny embedded models, load any HF causal LM, guard pairs.
+"""Models and tokenizers: build the tiny embedded models, load any HF causal LM, guard pairs.
+
+A model is a local folder or a Hugging Face Hub id at a revision (hub.py finds it); loading goes
+through transformers' own `from_pretrained`, so a Hub id uses the libraries' cache and offline switch.
 
 The embedded models are Qwen3-style decoders with a char-level tokenizer built locally with the
 `tokenizers` library, saved as ordinary Hugging Face folders (safetensors + config + tokenizer).
@@ -22,6 +25,7 @@ from transformers import (
 )
 
 from foresight.errors import UserError
+from foresight.hub import locate_model, one_line
 from foresight.templates import check_templates, set_chat_mode, set_stop_ids
 from foresight.vocab import MappedTeacher, check_vocab_map, read_vocab_map
 
@@ -87,45 +91,27 @@ def build_tiny_model(
     return Qwen3ForCausalLM(config)
 
 
-def check_model_folder(folder: Path, role: str) -> None:
-    """Fail with a UserError unless `folder` looks like an HF model folder."""
-    folder = Path(folder)
-    if folder.is_file():
-        raise UserError(
-            f"model.{role} {folder} is a file; point it at a Hugging Face model folder."
-        )
-    if not folder.is_dir():
-        raise UserError(
-            f"The {role} model folder {folder} does not exist; run `foresight prepare` or fix "
-            f"model.{role} in the config."
-        )
-    if not (folder / "config.json").is_file():
-        raise UserError(
-            f"The {role} model folder {folder} has no config.json; point model.{role} at a Hugging "
-            "Face model folder (save_pretrained output)."
-        )
-
-
 def load_model(
-    folder: Path,
+    name: str | Path,
     role: str,
     dtype: str = "float32",
     device: str = "cpu",
     gradient_checkpointing: bool = False,
+    revision: str | None = None,
 ) -> PreTrainedModel:
-    """Load an HF causal LM from a local folder (never from the hub) onto `device`.
+    """Load an HF causal LM from a folder or a Hub id (at `revision`) onto `device`.
 
     Any architecture transformers knows, safetensors sharded or not; `gradient_checkpointing`
     recomputes each decoder layer's activations in backward instead of storing them."""
-    check_model_folder(folder, role)
+    source = locate_model(name, role, revision)
     check_device(device, role)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=DTYPES[dtype], local_files_only=True
+            source.name, **source.options(), dtype=DTYPES[dtype]
         )
     except (OSError, ValueError, SafetensorError) as exc:
         raise UserError(
-            f"Could not load the {role} model from {folder} ({exc}); check the folder."
+            f"Could not load the {role} model from {source.name} ({one_line(exc)}); {source.fix()}."
         ) from None
     check_plain_head(model, role)
     if gradient_checkpointing:
@@ -161,19 +147,23 @@ def check_device(device: str, role: str) -> None:
         raise UserError(f"model.{key} '{device}' is not a device to train on; use cpu or cuda:N.")
 
 
-def load_tokenizer(folder: Path, role: str, chat_template: str = "auto") -> PreTrainedTokenizerFast:
-    """Load the tokenizer saved beside a model; generation pads on the left. `chat_template`
-    (auto, always, never) decides whether prompts are rendered with its chat template."""
-    check_model_folder(folder, role)
+def load_tokenizer(
+    name: str | Path, role: str, chat_template: str = "auto", revision: str | None = None
+) -> PreTrainedTokenizerFast:
+    """Load the tokenizer saved beside a model (a folder or a Hub id at `revision`); generation pads
+    on the left. `chat_template` (auto, always, never) decides whether prompts are rendered with
+    its chat template."""
+    source = locate_model(name, role, revision)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source.name, **source.options())
     except (OSError, ValueError) as exc:
         raise UserError(
-            f"The {role} folder {folder} has no usable tokenizer ({exc}); save one there."
+            f"The {role} model {source.name} has no usable tokenizer ({one_line(exc)}); "
+            f"{'save one there' if source.is_local else source.fix()}."
         ) from None
     if tokenizer.eos_token_id is None:
         raise UserError(
-            f"The {role} tokenizer in {folder} has no EOS token; set eos_token and save it."
+            f"The {role} tokenizer of {source.name} has no EOS token; set eos_token and save it."
         )
     if tokenizer.pad_token_id is None:
         # Many chat models have no pad token: padding is masked out everywhere, so EOS can stand in.
@@ -181,7 +171,7 @@ def load_tokenizer(folder: Path, role: str, chat_template: str = "auto") -> PreT
     tokenizer.padding_side = "left"
     set_chat_mode(tokenizer, chat_template, role)
     try:  # sampling also stops at the end tokens the model's generation_config lists
-        extra = GenerationConfig.from_pretrained(folder, local_files_only=True).eos_token_id
+        extra = GenerationConfig.from_pretrained(source.name, **source.options()).eos_token_id
     except OSError:  # no generation_config.json: the tokenizer's EOS alone
         extra = None
     set_stop_ids(tokenizer, extra)

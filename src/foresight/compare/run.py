@@ -28,6 +28,7 @@ from foresight.compare.claims import judge, run_measures
 from foresight.compare.plan import CompareConfig, PlannedRun, load_plan
 from foresight.compare.report import write_report
 from foresight.errors import UserError
+from foresight.hub import model_folder
 
 
 def compare(
@@ -111,7 +112,8 @@ def _analyze(run: PlannedRun, out: Path, settings: CompareConfig, console: Conso
         if [c["step"] for c in done] == [step for step, _ in checkpoints]:
             console.print(f"{run.label}: analysis reused")
             return
-    dynamics, base = run.cfg.dynamics, Path(run.cfg.model.student)
+    dynamics = run.cfg.dynamics
+    base = model_folder(run.cfg.model.student, "student", run.cfg.model.student_revision)
     scorer = None
     if settings.probes:
         scorer = task_scorer(

@@ -19,6 +19,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from foresight.config import Config, OptimConfig
 from foresight.errors import UserError
+from foresight.hub import ModelSource, locate_model
 from foresight.lora import trainable_parameters, wrap_student
 from foresight.models import load_model, load_tokenizer, paired_teacher
 from foresight.tasks import Task, load_task
@@ -74,11 +75,15 @@ def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None
     dist = dist or Distributed()
     torch.manual_seed(cfg.train.seed)  # anything not driven by an explicit generator
     resumed_from = student_dir
-    student_dir = student_dir or cfg.model.student
     # A LoRA checkpoint holds only the adapter: tokenizer and base weights come from model.student.
-    weights_dir = cfg.model.student if cfg.lora.enabled else student_dir
-    tokenizer = load_tokenizer(weights_dir, "student", cfg.model.chat_template)
-    context = context_length(weights_dir, cfg.model.teacher)
+    from_config = student_dir is None or cfg.lora.enabled
+    weights_dir = cfg.model.student if from_config else student_dir
+    revision = cfg.model.student_revision if from_config else None  # a checkpoint is a folder
+    tokenizer = load_tokenizer(weights_dir, "student", cfg.model.chat_template, revision)
+    teacher_source = None
+    if uses_teacher(cfg) and cfg.model.teacher is not None:
+        teacher_source = locate_model(cfg.model.teacher, "teacher", cfg.model.teacher_revision)
+    context = context_length(locate_model(weights_dir, "student", revision), teacher_source)
     room = context - cfg.rollout.max_new_tokens
     if room < 1:
         raise UserError(
@@ -94,6 +99,7 @@ def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None
         "float32",
         cfg.model.device,
         cfg.model.gradient_checkpointing,
+        revision,
     )
     if cfg.model.dtype == "bfloat16":
         float32_attention_on_cpu(student)
@@ -101,9 +107,7 @@ def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None
         student = wrap_student(student, cfg.lora, resumed_from)
     student = dist.shard(student)  # FSDP2 under torchrun; unchanged in one process
     teacher = reference = None
-    if cfg.train.method == "opd" or (
-        cfg.train.method == "sft" and cfg.train.sft_source == "teacher"
-    ):
+    if uses_teacher(cfg):
         if cfg.model.teacher is None:
             raise UserError(
                 f"train.method {cfg.train.method} here needs a teacher; set model.teacher "
@@ -111,16 +115,30 @@ def setup(cfg: Config, dist: Distributed | None = None, student_dir: Path | None
             )
         teacher = frozen(
             load_model(
-                cfg.model.teacher, "teacher", cfg.model.teacher_dtype, cfg.model.teacher_device
+                cfg.model.teacher,
+                "teacher",
+                cfg.model.teacher_dtype,
+                cfg.model.teacher_device,
+                revision=cfg.model.teacher_revision,
             )
         )
-        teacher_tokenizer = load_tokenizer(cfg.model.teacher, "teacher", cfg.model.chat_template)
+        teacher_tokenizer = load_tokenizer(
+            cfg.model.teacher, "teacher", cfg.model.chat_template, cfg.model.teacher_revision
+        )
         # Read through model.vocab_map when the teacher has another vocabulary (vocab.py).
         teacher = paired_teacher(
             tokenizer, teacher_tokenizer, student, teacher, cfg.model.vocab_map
         )
     if cfg.train.method == "rl" and cfg.loss.kl_coef > 0:
-        reference = frozen(load_model(cfg.model.student, "student", "float32", cfg.model.device))
+        reference = frozen(
+            load_model(
+                cfg.model.student,
+                "student",
+                "float32",
+                cfg.model.device,
+                revision=cfg.model.student_revision,
+            )
+        )
     optimizer = torch.optim.AdamW(
         trainable_parameters(student),
         lr=cfg.optim.lr,
@@ -161,19 +179,21 @@ def float32_attention_on_cpu(student: PreTrainedModel) -> None:
     student.set_attn_implementation(FLOAT32_SDPA)
 
 
-def context_length(*folders: Path | None) -> int:
-    """The shortest max_position_embeddings of the given model folders (a huge number if none
-    states one)."""
+def uses_teacher(cfg: Config) -> bool:
+    """Whether the run reads model.teacher: opd scores with it, sft from teacher samples it."""
+    method = cfg.train.method
+    return method == "opd" or (method == "sft" and cfg.train.sft_source == "teacher")
+
+
+def context_length(*sources: ModelSource | None) -> int:
+    """The shortest max_position_embeddings of the given models' config.json (a folder's, or the
+    cached copy of a Hub model's); a huge number if none states one."""
     lengths = []
-    for folder in filter(None, folders):
-        config = Path(folder) / "config.json"
-        if config.is_file():
-            fields = json.loads(config.read_text())
-            text_fields = fields.get("text_config") or {}
-            found = fields.get("max_position_embeddings") or text_fields.get(
-                "max_position_embeddings"
-            )
-            lengths.append(found or sys.maxsize)
+    for source in filter(None, sources):
+        fields = json.loads(source.config_file.read_text())
+        text_fields = fields.get("text_config") or {}
+        found = fields.get("max_position_embeddings") or text_fields.get("max_position_embeddings")
+        lengths.append(found or sys.maxsize)
     return min(lengths, default=sys.maxsize)
 
 
