@@ -395,10 +395,24 @@ def task_config(task: str, verifier: str) -> TaskConfig:
     return TaskConfig(name=task)
 
 
+# Modules of `pip install 'foresight[train]'`; `pip install foresight` (analyze only) lacks them.
+TRAINING_EXTRAS = ("accelerate", "peft", "datasets", "gguf", "math_verify", "tensorboard")
+
+
 def main() -> None:
     set_verbosity(0)  # -q/-v flags change it while the command line is parsed
     try:
         app()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] not in TRAINING_EXTRAS:
+            raise
+        command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "this command")
+        print(
+            f"error: foresight {command} needs the training extras ({err.name} is not "
+            "installed): pip install 'foresight[train]'",
+            file=sys.stderr,
+        )
         sys.exit(2)
