@@ -202,10 +202,8 @@ def ensure_small_pair() -> None:
     from foresight.config import TaskConfig
     from foresight.prepare import prepare_task
 
-    print(f"building the ~5M pair into {SMALL_DIR} (SFT, base step 30, teacher step 150) ...")
-    summary = prepare_task(
-        TaskConfig(name="arith"), SMALL_DIR, "small", 0, base_steps=30, teacher_steps=150
-    )
+    print(f"building the ~5M pair into {SMALL_DIR} (SFT for 150 steps, prepare's base rule) ...")
+    summary = prepare_task(TaskConfig(name="arith"), SMALL_DIR, "small", 0, teacher_steps=150)
     print(f"  base {summary['base_accuracy']:.3f}, teacher {summary['teacher_accuracy']:.3f}")
 
 

@@ -137,43 +137,52 @@ def demo(
 
 @app.command()
 def prepare(
-    task: Annotated[str, typer.Option(help="Embedded task name, 'all', or a JSONL file.")] = "all",
+    task: Annotated[
+        str, typer.Option(help="Embedded task name, 'all', or a JSONL/Parquet file.")
+    ] = "all",
     out: Annotated[Path, typer.Option(help="Folder for <task>/{base,teacher}.")] = Path("models"),
     verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
     size: Annotated[str, typer.Option(help="Model size: tiny or small.")] = "tiny",
     seed: int = 0,
-    base_steps: Annotated[int, typer.Option(help="0 = the task's default.")] = 0,
-    teacher_steps: Annotated[int, typer.Option(help="0 = the task's default.")] = 0,
+    base_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            help="The base is the earliest checkpoint whose validation accuracy reaches this "
+            "(0-1). Default: a fifth of the teacher's, so the base answers some prompts (its "
+            "samples carry signal) yet leaves 4/5 of the teacher's accuracy to distill (30 "
+            "points or more for a teacher at 0.375 or above)."
+        ),
+    ] = None,
+    teacher_steps: Annotated[
+        int,
+        typer.Option(
+            help="SFT steps; the last checkpoint is the teacher, and one every 1/60 of the run "
+            "is validated as a candidate base."
+        ),
+    ] = 600,
     overwrite: Annotated[
         bool, typer.Option(help="Replace models that `foresight prepare` wrote in OUT/<task>.")
     ] = False,
+    quiet: QuietFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
-    """Build base student and teacher models for embedded tasks or a JSONL task."""
-    from foresight.config import TaskConfig
+    """Build base student and teacher models for embedded tasks or a JSONL/Parquet task."""
     from foresight.models import MODEL_SIZES
-    from foresight.prepare import prepare_task
+    from foresight.prepare import prepare_task, task_label
     from foresight.tasks import TASKS
 
     if size not in MODEL_SIZES:
         raise UserError(f"Unknown model size '{size}'; use one of {', '.join(MODEL_SIZES)}.")
-    if task.endswith(USER_FILE_SUFFIXES):
-        targets = [(Path(task).stem, TaskConfig(name="jsonl", path=Path(task), verifier=verifier))]
-    else:
-        names = list(TASKS) if task == "all" else [task]
-        targets = [(name, TaskConfig(name=name)) for name in names]
-    for name, task_cfg in targets:
-        summary = prepare_task(
-            task_cfg,
-            out / name,
-            size,
-            seed,
-            base_steps or None,
-            teacher_steps or None,
-            overwrite=overwrite,
-        )
+    for task_cfg in [task_config(name, verifier) for name in (TASKS if task == "all" else [task])]:
+        name = task_label(task_cfg)
+        with stage("prepare"):
+            summary = prepare_task(
+                task_cfg, out / name, size, seed, base_accuracy, teacher_steps, overwrite=overwrite
+            )
         typer.echo(
-            f"{name}: base {summary['base_accuracy']:.3f}, teacher {summary['teacher_accuracy']:.3f}"
-            f" -> {out / name}"
+            f"{name}: base step {summary['base_step']} ({summary['base_accuracy']:.3f}), teacher "
+            f"step {teacher_steps} ({summary['teacher_accuracy']:.3f}), test accuracy -> "
+            f"{out / name}"
         )
 
 
