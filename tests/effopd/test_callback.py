@@ -11,6 +11,7 @@ few steps on the micro models. trl and datasets come with the test extra.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 
 import datasets
@@ -274,14 +275,22 @@ def test_a_resumed_trl_run_searches_exactly_as_an_uninterrupted_one(micro_pair, 
     assert sorted(effopd_logs(straight_history)) == [1, 2, 4]
     assert effopd_logs(trainer.state.log_history) == effopd_logs(straight_history)
 
-    # A checkpoint without the callback's state (saved by a run without it) is refused.
-    (tmp_path / "split" / "checkpoint-3" / "effopd_state.json").unlink()
-    again = fresh_run(micro_pair)
-    trainer = distillation_trainer(
-        again, tmp_path / "split", 5, [EffOPDCallback(again.effopd)], save_steps=3
-    )
+    # The callback reads its state under args.output_dir: a resume from a checkpoint elsewhere
+    # is refused (the trainer does not say where it resumed from), and so is a checkpoint
+    # without the callback's state (saved by a run without it).
+    checkpoint = tmp_path / "split" / "checkpoint-3"
+    elsewhere = shutil.copytree(checkpoint, tmp_path / "copied" / "checkpoint-3")
+    refused = fresh_run(micro_pair)
+    callbacks = [EffOPDCallback(refused.effopd)]
+    trainer = distillation_trainer(refused, tmp_path / "other", 5, callbacks, save_steps=3)
+    with pytest.raises(UserError, match="from a checkpoint other than"):
+        trainer.train(resume_from_checkpoint=str(elsewhere))
+    (checkpoint / "effopd_state.json").unlink()
+    refused = fresh_run(micro_pair)
+    callbacks = [EffOPDCallback(refused.effopd)]
+    trainer = distillation_trainer(refused, tmp_path / "split", 5, callbacks, save_steps=3)
     with pytest.raises(UserError, match="holds no EffOPD state"):
-        trainer.train(resume_from_checkpoint=str(tmp_path / "split" / "checkpoint-3"))
+        trainer.train(resume_from_checkpoint=str(checkpoint))
 
 
 def searched_effopd(cfg: EffOPDConfig = EFFOPD) -> EffOPD:

@@ -83,7 +83,9 @@ def brute_force_kl(student, teacher, tokenizer, prompts, completions, shift=0) -
     return total / count
 
 
-def test_kl_signal_matches_a_float64_brute_force_on_fixed_completions(micro_pair, tokenizer):
+def test_kl_signal_matches_a_float64_brute_force_on_fixed_completions(
+    micro_pair, tokenizer, monkeypatch
+):
     student, teacher = (load(folder, torch.float64) for folder in micro_pair)
     eos = tokenizer.eos_token_id
     ids = tokenizer(["7", "6,6+1=8", "", "66"], add_special_tokens=False)["input_ids"]
@@ -101,6 +103,10 @@ def test_kl_signal_matches_a_float64_brute_force_on_fixed_completions(micro_pair
     shifted = brute_force_kl(student, teacher, tokenizer, PROMPTS, completions, shift=-1)
     assert abs(shifted - expected) > 1e-3
     assert mean_reverse_kl(teacher, teacher, by_hand(tokenizer, PROMPTS, completions)) == 0.0
+    # One row per forward (what a large vocabulary gets): the same value, to float64 rounding.
+    monkeypatch.setattr("foresight.effopd.validators.KL_CHUNK_LOGITS", 1)
+    by_row = mean_reverse_kl(student, teacher, by_hand(tokenizer, PROMPTS, completions))
+    assert by_row == pytest.approx(expected, rel=0, abs=1e-9)
 
 
 def test_kl_validator_scores_candidates_on_completions_sampled_once_from_the_student(
