@@ -118,6 +118,11 @@ def test_wandb_offline_run_holds_our_metric_keys(micro_pair, tmp_path, monkeypat
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = micro_config(*micro_pair, tmp_path / "run", log={"report_to": ["wandb"]})
     train(cfg)
+    # wandb-core, a separate process, writes the run file after finish() returns; at exit wandb
+    # waits for it (an atexit teardown), and here the test does the same.
+    import wandb
+
+    wandb.teardown()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     log_bytes = next(runs[0].glob("run-*.wandb")).read_bytes()

@@ -37,7 +37,7 @@ from foresight.effopd.search import Validator
 from foresight.errors import UserError
 from foresight.templates import stop_ids
 
-Prompt = str | list[dict[str, str]]
+Prompt = str | list[dict[str, str]]  # raw text, or chat messages [{"role": ..., "content": ...}]
 # reward(completion text, example) -> float, where the example is the row passed for that prompt
 # (`rows`), or the prompt itself when no rows were passed.
 Reward = Callable[[str, Any], float]
