@@ -19,18 +19,17 @@ from foresight.effopd.search import EffOPD
 from foresight.effopd.validators import kl_validator, prompts_with_bos
 from foresight.tasks import load_task
 
+STUDENT, TEACHER = "models/arith/base", "models/arith/teacher"  # any causal LM pair, one tokenizer
 parser = argparse.ArgumentParser()
-parser.add_argument("--student", default="models/arith/base")
-parser.add_argument("--teacher", default="models/arith/teacher")
 parser.add_argument("--steps", type=int, default=8)
 parser.add_argument("--batch", type=int, default=8)
 parser.add_argument("--out", default="runs/trl_effopd")
 parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 args = parser.parse_args()
 
-tokenizer = AutoTokenizer.from_pretrained(args.student)
-student = AutoModelForCausalLM.from_pretrained(args.student)
-teacher = AutoModelForCausalLM.from_pretrained(args.teacher)
+tokenizer = AutoTokenizer.from_pretrained(STUDENT)
+student = AutoModelForCausalLM.from_pretrained(STUDENT)
+teacher = AutoModelForCausalLM.from_pretrained(TEACHER)
 task = load_task(TaskConfig(name="arith"))  # the committed models' task: prompts and a verifier
 
 # The pitfall: TRL encodes a plain-text prompt with the tokenizer's own special tokens, and many

@@ -19,15 +19,15 @@ from foresight.effopd.search import EffOPD
 from foresight.effopd.validators import prompts_with_bos, reward_validator
 from foresight.tasks import load_task
 
+STUDENT = "models/arith/base"  # any causal LM
 parser = argparse.ArgumentParser()
-parser.add_argument("--student", default="models/arith/base")
 parser.add_argument("--steps", type=int, default=8)
 parser.add_argument("--batch", type=int, default=8, help="completions per step (4 per prompt)")
 parser.add_argument("--out", default="runs/trl_grpo_effopd")
 args = parser.parse_args()
 
-tokenizer = AutoTokenizer.from_pretrained(args.student)
-student = AutoModelForCausalLM.from_pretrained(args.student)
+tokenizer = AutoTokenizer.from_pretrained(STUDENT)
+student = AutoModelForCausalLM.from_pretrained(STUDENT)
 task = load_task(TaskConfig(name="arith"))  # the committed model's task: prompts and a verifier
 
 

@@ -194,9 +194,9 @@ def test_skip_drops_non_finite_steps_and_goes_on(monkeypatch, capsys, tmp_path):
     calls = []
 
     def nan_on_second_step(*args, **kwargs):
-        loss, log_ratio = real(*args, **kwargs)
+        loss, *metrics = real(*args, **kwargs)
         calls.append(1)
-        return (loss * math.nan if len(calls) == 2 else loss), log_ratio
+        return (loss * math.nan if len(calls) == 2 else loss), *metrics
 
     monkeypatch.setattr(loop, "micro_batch_loss", nan_on_second_step)
     extra = ["--set", "train.on_nonfinite=skip", "--set", "train.steps=3"]

@@ -41,7 +41,7 @@ def test_gradient_accumulation_does_not_change_the_gradient(micro_pair, tmp_path
         total = 0.0
         for rows in torch.arange(rollout.ids.shape[0]).tensor_split(parts):
             part = slice(int(rows[0]), int(rows[-1]) + 1)
-            loss, _ = micro_batch_loss(trainer, batch, part, None, None, n_tokens)
+            loss, *_ = micro_batch_loss(trainer, batch, part, None, None, n_tokens)
             loss.backward()
             total += loss.item()
         losses.append(total)
