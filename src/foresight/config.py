@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from foresight.errors import UserError
 
@@ -84,11 +91,21 @@ class ModelConfig(Section):
 
 
 class TaskConfig(Section):
-    name: str = Field("arith", description="Embedded task name, or 'jsonl' for a user's file.")
-    path: Path | None = Field(
+    name: str = Field(
+        "arith", description="Embedded task name, or 'jsonl' for user rows (task.path)."
+    )
+    path: str | None = Field(
         None,
-        description="JSONL or Parquet (.parquet) file of prompt/answer[/solution][/split] rows; "
-        "split by each row's 'split', else by val_path/test_path, else by a prompt hash (80/10/10).",
+        description="JSONL or Parquet (.parquet) file, or a Hugging Face Hub dataset id "
+        "(org/name), of prompt/answer[/solution][/split] rows; a prompt is a string or a list of "
+        "{role, content} messages, or a row gives 'messages' (a last assistant message is the "
+        "solution). Split by each row's 'split', else by val_path/test_path, else by a prompt "
+        "hash (80/10/10).",
+    )
+    split: str | None = Field(
+        None,
+        description="Hub dataset only: the Hub split whose rows are the task (datasets' syntax, "
+        "e.g. train or train[:2000]); null = train. Held-out rows come from it as from a file.",
     )
     too_long: Literal["error", "drop", "truncate_left"] = Field(
         "error",
@@ -99,7 +116,9 @@ class TaskConfig(Section):
     test_path: Path | None = Field(None, description="Test rows (with val_path): own file.")
     verifier: str = Field(
         "exact",
-        description="Verifier for a user task: exact, number, math or python:module:function.",
+        description="Reward of a user task's completion: exact, number, math (1 when right, else "
+        "0), or python:module:function, function(completion, answer) -> bool or float; RL's "
+        "reward, and eval accuracy is its mean.",
     )
     difficulty: int | None = Field(None, ge=1, description="Task difficulty; null = its default.")
     teacher_prompt_template: str | None = Field(
@@ -109,10 +128,20 @@ class TaskConfig(Section):
         "sees); null = the teacher sees the student's prompt.",
     )
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        """A pathlib.Path is accepted as its text (task.path may also be a Hub id)."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
     @model_validator(mode="after")
     def _path_iff_jsonl(self) -> TaskConfig:
         if (self.name == "jsonl") != (self.path is not None):
             raise ValueError("task.path is required exactly when task.name is 'jsonl'")
+        if self.split is not None and self.name != "jsonl":
+            raise ValueError(
+                "task.split names a Hub dataset's split, so it needs task.name 'jsonl'"
+            )
         if (self.val_path is None) != (self.test_path is None) or (
             self.val_path is not None and self.name != "jsonl"
         ):

@@ -1,9 +1,11 @@
 """Chat templates: render task prompts with a model's own template, and guard teacher/student pairs.
 
 With chat on (model.chat_template: auto and the student's tokenizer has a template, or always), each
-prompt becomes one user message rendered by `apply_chat_template(..., add_generation_prompt=True)`;
-the template supplies every special token, so no BOS is prepended. Models without a template (the
-embedded tiny ones) keep raw prompts with BOS.
+text prompt becomes one user message, and a conversation prompt (a user task's `messages` or list
+`prompt`, tasks/records.py) is its own messages, rendered by
+`apply_chat_template(..., add_generation_prompt=True)`; the template supplies every special token,
+so no BOS is prepended. Models without a template (the embedded tiny ones) keep raw text prompts
+with BOS, and refuse conversations (`check_text_prompts`).
 
 The teacher scores the student's token ids as they are. If the teacher's own template would render
 the same conversation into other ids, every teacher log-prob is taken out of the teacher's format and
@@ -16,6 +18,7 @@ from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from foresight.errors import UserError
+from foresight.tasks.base import Prompt
 
 # The decision is stored on the tokenizer object, so every function that already receives the
 # tokenizer (rollout, evaluation, EffOPD validation) encodes prompts the same way.
@@ -46,9 +49,15 @@ def uses_chat(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(getattr(tokenizer, CHAT_ATTRIBUTE, False))
 
 
-def render(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str | None = None) -> str:
-    """`prompt` as a user turn, then either the assistant header or the assistant's `completion`."""
-    messages = [{"role": "user", "content": prompt}]
+def render(
+    tokenizer: PreTrainedTokenizerBase, prompt: Prompt, completion: str | None = None
+) -> str:
+    """`prompt` as a user turn (or its own turns), then either the assistant header or the
+    assistant's `completion`."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = [{"role": role, "content": content} for role, content in prompt]
     if completion is not None:
         messages.append({"role": "assistant", "content": completion})
     try:
@@ -56,16 +65,33 @@ def render(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str | No
             messages, tokenize=False, add_generation_prompt=completion is None
         )
     except TemplateError as exc:
+        roles = "/".join(dict.fromkeys(message["role"] for message in messages))
         raise UserError(
-            f"The chat template of {tokenizer.name_or_path} fails on a user/assistant conversation "
+            f"The chat template of {tokenizer.name_or_path} fails on a {roles} conversation "
             f"({exc}); fix the template or set model.chat_template: never."
         ) from None
 
 
-def encode_chat_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+def encode_chat_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt]
+) -> list[list[int]]:
     """Token ids of each prompt rendered as a chat turn awaiting the assistant's answer."""
     texts = [render(tokenizer, prompt) for prompt in prompts]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def check_text_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt]) -> None:
+    """Refuse conversation prompts when chat is off: only a chat template can render them."""
+    if all(isinstance(prompt, str) for prompt in prompts):
+        return
+    if has_template(tokenizer):
+        why, fix = "model.chat_template is never", "set model.chat_template to auto"
+    else:
+        why, fix = "it has none", "use a model whose tokenizer has a chat template"
+    raise UserError(
+        "The task's prompts are conversations (messages), which only the student tokenizer's "
+        f"chat template can render, but {why}; {fix}, or write each prompt as a string."
+    )
 
 
 def probe_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:

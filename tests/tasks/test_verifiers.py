@@ -43,12 +43,22 @@ def test_python_verifier(tmp_path, monkeypatch):
     (tmp_path / "user_checks.py").write_text(
         "def lenient(completion, answer):\n"
         "    return int(answer.lower() in completion.lower())\n"
+        "def share(completion, answer):\n"
+        "    return sum(c in completion for c in answer) / len(answer)\n"
+        "def echo(completion, answer):\n"
+        "    return eval(completion)\n"
         "NOT_A_FUNCTION = 3\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     verify = make_verifier("python:user_checks:lenient")
-    assert verify("The answer is PARIS", "paris") is True
-    assert verify("London", "paris") is False
+    assert verify("The answer is PARIS", "paris") == 1.0
+    assert verify("London", "paris") == 0.0
+    assert make_verifier("python:user_checks:share")("pa", "paris") == 2 / 5  # a float reward
+    echo = make_verifier("python:user_checks:echo")  # returns what the completion evaluates to
+    assert echo("True", "") == 1.0 and echo("-2", "") == -2.0
+    for returned in ("None", "'1'", "float('nan')", "float('inf')", "[1.0]"):
+        with pytest.raises(UserError, match=r"python:user_checks:echo' returned .* finite float"):
+            echo(returned, "")
     with pytest.raises(UserError, match="has no function 'missing'"):
         make_verifier("python:user_checks:missing")
     with pytest.raises(UserError, match="not callable"):

@@ -1,5 +1,5 @@
-"""Tasks: embedded reasoning families (generator + strict verifier each) and user files (JSONL or
-Parquet, userdata.py).
+"""Tasks: embedded reasoning families (generator + strict verifier each) and user rows (a JSONL or
+Parquet file, or a Hugging Face Hub dataset; userdata.py).
 
 `load_task(cfg.task)` is the one entry point; `TASKS` maps each embedded family's name to its
 factory `(difficulty | None) -> Task`.
@@ -23,12 +23,12 @@ TASKS: dict[str, Callable[[int | None], Task]] = {"arith": make_arith, "modchain
 
 
 def load_task(cfg: TaskConfig, fit: Callable[[list[Row]], list[Row]] | None = None) -> Task:
-    """The task `cfg` names: an embedded family at its difficulty, or a JSONL/Parquet file (whose
-    rows `fit` may check against a model's context; embedded prompts are short by design)."""
+    """The task `cfg` names: an embedded family at its difficulty, or user rows (whose prompts
+    `fit` may check against a model's context; embedded prompts are short by design)."""
     if cfg.name == JSONL_NAME:
         if cfg.difficulty is not None:
             raise UserError("task.difficulty applies only to embedded tasks; remove it for jsonl.")
-        return load_user_task(cfg.path, cfg.verifier, cfg.val_path, cfg.test_path, fit)
+        return load_user_task(cfg, fit)
     if cfg.name not in TASKS:
         valid = ", ".join([*TASKS, JSONL_NAME])
         raise UserError(f"Unknown task '{cfg.name}'; set task.name to one of: {valid}.")

@@ -1,31 +1,40 @@
-"""User tasks from a file of prompts, read through the `datasets` library: JSON lines or Parquet,
-chosen by the file's suffix (.parquet or .pq is Parquet; anything else is JSON lines).
+"""User tasks: rows from a file (JSON lines or Parquet, chosen by the suffix: .parquet or .pq is
+Parquet, anything else JSON lines) or from a Hugging Face Hub dataset, all read through `datasets`.
 
-    JSON lines  one {"prompt": str, "answer": str | number, "solution": str} object per line
-                (`solution` optional, blank lines ignored); errors name the line number
-    Parquet     columns prompt, answer and optionally solution; errors name the row (from 1)
+    JSON lines  one object per line (blank lines ignored); errors name the line number
+    Parquet     one row per record; errors name the row (from 1)
+    Hub         task.path `org/name` (no file of that name here): `datasets.load_dataset(path,
+                split=task.split or "train")`, through the datasets cache (downloaded when online;
+                offline, only a dataset loaded online before is found); errors name the row
 
-Splits, in order of precedence: a `split` field on every row (train, val or test); separate files
-(task.val_path and task.test_path: then task.path holds the training rows); else the same prompt
-hash as the embedded tasks (80/10/10), so a file can grow without moving old prompts between splits.
-Val and test are the split's first distinct prompts in file order; train draws with replacement;
-split "all" is every row in file order (`foresight eval --task FILE` scores it).
+Each row is a plain prompt, a conversation prompt or a `messages` conversation, with an answer
+(records.py). Splits, in order of precedence: a `split` field on every row (train, val or test);
+separate files (task.val_path and task.test_path: then task.path holds the training rows); else the
+same prompt hash as the embedded tasks (80/10/10), so a file can grow without moving old prompts
+between splits. Val and test are the split's first distinct prompts in file order; train draws with
+replacement; split "all" is every row in file order (`foresight eval --task FILE` scores it).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from foresight.config import TaskConfig
 from foresight.errors import UserError
-from foresight.tasks.base import SPLITS, Example, Task, check_split, split_of, split_rng
+from foresight.hub import is_hub_id, one_line
+from foresight.tasks.base import SPLITS, Example, Prompt, Task, check_split, split_of, split_rng
+from foresight.tasks.records import parse_line, parse_record, row_split
 from foresight.tasks.verifiers import make_verifier
 
 TASK_NAME = "jsonl"
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# A task.path with one of these suffixes is a file, never a Hub dataset id.
+FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", *PARQUET_SUFFIXES)
+HUB_DEFAULT_SPLIT = "train"
 # With this many distinct prompts, a 10% split is empty with probability 0.9**100 ~ 3e-5.
 LINES_FOR_ALL_SPLITS = 100
 
@@ -33,28 +42,23 @@ LINES_FOR_ALL_SPLITS = 100
 Row = tuple[str, Example, str | None]  # (where, example, the row's own split or None)
 
 
-def load_user_task(
-    path: Path,
-    verifier_spec: str,
-    val_path: Path | None = None,
-    test_path: Path | None = None,
-    fit: Callable[[list[Row]], list[Row]] | None = None,
-) -> Task:
-    """A `Task` over the rows of a JSONL or Parquet file (or one file per split), checked by the
-    verifier `verifier_spec` names; `fit` may refuse, drop or shorten rows (prompts too long for a
-    model's context, train/rollout.py `prompt_fit`)."""
-    verify = make_verifier(verifier_spec)
-    numbered = read_examples(Path(path))
-    if val_path is not None and test_path is not None:
+def load_user_task(cfg: TaskConfig, fit: Callable[[list[Row]], list[Row]] | None = None) -> Task:
+    """A `Task` over the rows of task.path (a JSONL or Parquet file, or a Hub dataset) or of one
+    file per split, scored by the verifier task.verifier names; `fit` may refuse, drop or shorten
+    rows (prompts too long for a model's context, train/rollout.py `prompt_fit`)."""
+    verify = make_verifier(cfg.verifier)
+    numbered = read_rows(cfg.path, cfg.split)
+    if cfg.val_path is not None and cfg.test_path is not None:
         numbered = [(where, example, "train") for where, example, _ in numbered]
-        for split, split_path in (("val", val_path), ("test", test_path)):
+        for split, split_path in (("val", cfg.val_path), ("test", cfg.test_path)):
             numbered += [(w, e, split) for w, e, _ in read_examples(Path(split_path))]
+    check_conversations(cfg, numbered)
     if fit is not None:
         numbered = fit(numbered)
-    if verifier_spec == "number":
+    if cfg.verifier == "number":
         check_numeric_answers(numbered)
     examples = [example for _, example, _ in numbered]
-    by_split = split_examples(path, numbered)
+    by_split = split_examples(cfg.path, numbered)
 
     def sample(split: str, n: int, seed: int) -> list[Example]:
         if split == "all":
@@ -64,9 +68,49 @@ def load_user_task(
             return split_rng(TASK_NAME, split, seed).choices(by_split["train"], k=n)
         return by_split[split][:n]
 
-    texts = (example.prompt + example.solution for example in examples)
+    texts = (prompt_chars(example.prompt) + example.solution for example in examples)
     alphabet = "".join(sorted(set("".join(texts))))
     return Task(TASK_NAME, sample, verify, alphabet)
+
+
+def prompt_chars(prompt: Prompt) -> str:
+    """The text a char tokenizer must cover: the prompt, or every message's content."""
+    return prompt if isinstance(prompt, str) else "".join(content for _, content in prompt)
+
+
+def check_conversations(cfg: TaskConfig, numbered: list[Row]) -> None:
+    """Refuse the settings that edit a prompt's text when the prompts are conversations."""
+    conversation = next((where for where, e, _ in numbered if not isinstance(e.prompt, str)), None)
+    if conversation is None:
+        return
+    if cfg.teacher_prompt_template is not None:
+        raise UserError(
+            f"task.teacher_prompt_template wraps text prompts, but {conversation} is a "
+            "conversation; remove the template or write that prompt as a string."
+        )
+    if cfg.too_long == "truncate_left":
+        raise UserError(
+            f"task.too_long truncate_left cuts a text prompt's start, but {conversation} is a "
+            "conversation; set task.too_long to drop or error."
+        )
+
+
+def is_hub_dataset(path: str) -> bool:
+    """Whether task.path names a Hub dataset: no such path here, a valid `org/name`, and no
+    data-file suffix (a missing `data.jsonl` is a typo, not a Hub id)."""
+    return Path(path).suffix.lower() not in FILE_SUFFIXES and is_hub_id(path)
+
+
+def read_rows(path: str, split: str | None) -> list[Row]:
+    """The rows of task.path: a Hub dataset's split, or a local file's rows."""
+    if is_hub_dataset(path):
+        return hub_examples(path, split or HUB_DEFAULT_SPLIT)
+    if split is not None:
+        raise UserError(
+            f"task.split names a split of a Hub dataset, but task.path {path} is a local file "
+            "(split by its rows' 'split' field or task.val_path/test_path); remove task.split."
+        )
+    return read_examples(Path(path))
 
 
 def is_parquet(path: Path) -> bool:
@@ -88,22 +132,73 @@ def read_examples(path: Path) -> list[Row]:
     return numbered
 
 
-def dataset_rows(path: Path, builder: str) -> list[dict]:
-    """Rows of `path` through `datasets.load_dataset(builder)`. The Arrow cache goes to a temporary
-    folder, dropped once the rows are in memory: an edited file can never hit a stale cache."""
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """`datasets` without its progress bars, restored afterwards."""
     import datasets  # slow to import; only user-data runs need it
 
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        with tempfile.TemporaryDirectory(prefix="foresight-data-") as cache:
-            table = datasets.load_dataset(
-                builder, data_files=str(path), split="train", cache_dir=cache
-            )
-            return table.to_list()
+        yield
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
+
+
+def dataset_rows(path: Path, builder: str) -> list[dict]:
+    """Rows of `path` through `datasets.load_dataset(builder)`. The Arrow cache goes to a temporary
+    folder, dropped once the rows are in memory: an edited file can never hit a stale cache."""
+    import datasets
+
+    with quiet_progress(), tempfile.TemporaryDirectory(prefix="foresight-data-") as cache:
+        table = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache)
+        return table.to_list()
+
+
+def hub_rows(name: str, split: str) -> list[dict]:
+    """Rows of a Hub dataset's split through `datasets.load_dataset(name, split=split)` and its own
+    cache (HF_DATASETS_CACHE), so an offline run finds a dataset an online run loaded."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        with quiet_progress():
+            return datasets.load_dataset(name, split=split).to_list()
+    except ConnectionError:  # not in the datasets cache, and offline or the Hub unreachable
+        why = "offline" if datasets.config.HF_HUB_OFFLINE else "the Hub could not be reached"
+        raise UserError(
+            f"task.path '{name}' is neither a local file nor a dataset in the Hugging Face "
+            f"datasets cache ({why}); load it once online, or give a JSONL or Parquet file."
+        ) from None
+    except DatasetNotFoundError:
+        raise UserError(
+            f"task.path '{name}' is neither a local file nor a dataset on the Hugging Face Hub (or "
+            "it is private or gated: log in with `hf auth login`); fix the name or give a file."
+        ) from None
+    except ValueError as exc:  # an unknown split, or a dataset with several configurations
+        raise UserError(
+            f"datasets could not read split '{split}' of task.path '{name}' ({one_line(exc)}); "
+            "set task.split to one of its splits, or export the rows to a JSONL or Parquet file."
+        ) from None
+
+
+def hub_examples(name: str, split: str) -> list[Row]:
+    rows = hub_rows(name, split)
+    label = f"Hub dataset {name} (split {split})"
+    if not rows:
+        raise UserError(f"{label} has no rows; set task.split to a split with rows.")
+    check_columns(label, rows[0])
+    return table_examples(label, rows)
+
+
+def table_examples(label: str, rows: list[dict]) -> list[Row]:
+    """(where, example, split) of a table's rows, numbered from 1."""
+    numbered = []
+    for n, row in enumerate(rows, 1):
+        where = f"{label} row {n}"
+        numbered.append((where, parse_record(where, row), row_split(where, row)))
+    return numbered
 
 
 def read_errors() -> tuple[type[Exception], ...]:
@@ -143,9 +238,8 @@ def jsonl_examples(path: Path) -> list[Row]:
 def needs_raw_line(row: dict) -> bool:
     """Whether `datasets`' row may differ from the line: a missing key or a null (both None), or a
     float answer (the line may hold the int 5, which the exact verifier must see as '5')."""
-    return (
-        row.get("prompt") is None or row.get("answer") is None or isinstance(row["answer"], float)
-    )
+    no_prompt = row.get("prompt") is None and row.get("messages") is None
+    return no_prompt or row.get("answer") is None or isinstance(row["answer"], float)
 
 
 def parquet_examples(path: Path) -> list[Row]:
@@ -156,52 +250,20 @@ def parquet_examples(path: Path) -> list[Row]:
             f"Parquet task file {path} could not be read ({type(exc).__name__}); write it with "
             "pandas.DataFrame.to_parquet or datasets.Dataset.to_parquet."
         ) from None
-    for key in ("prompt", "answer"):
-        if rows and key not in rows[0]:
-            raise UserError(
-                f"Parquet task file {path} has no '{key}' column; it needs 'prompt' and 'answer'."
-            )
-    return [
-        (f"{path} row {n}", parse_record(f"{path} row {n}", row), row_split(f"{path} row {n}", row))
-        for n, row in enumerate(rows, 1)
-    ]
+    if rows:
+        check_columns(f"Parquet task file {path}", rows[0])
+    return table_examples(str(path), rows)
 
 
-def parse_line(where: str, line: str) -> dict:
-    """One JSON line -> its object; a line that is not a JSON object is a UserError naming it."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where} is not valid JSON ({exc.msg}); fix or delete the line.") from None
-    if not isinstance(record, dict):
-        raise UserError(f'{where} is not a JSON object; write {{"prompt": ..., "answer": ...}}.')
-    return record
-
-
-def row_split(where: str, record: dict) -> str | None:
-    """The row's own `split` field (train, val or test), or None when it has none."""
-    split = record.get("split")
-    if split is not None and split not in SPLITS:
-        raise UserError(f"{where} has split '{split}'; use train, val or test (or drop the field).")
-    return split
-
-
-def parse_record(where: str, record: dict) -> Example:
-    """One row -> Example; answers that are numbers become their str()."""
-    for key in ("prompt", "answer"):
-        if key not in record:
-            raise UserError(f"{where} lacks '{key}'; every line needs 'prompt' and 'answer' keys.")
-    prompt, answer = record["prompt"], record["answer"]
-    solution = record.get("solution")
-    solution = "" if solution is None else solution  # datasets reads a missing key as None
-    if not isinstance(prompt, str):
-        raise UserError(f"{where} has a non-string 'prompt'; write the prompt as a JSON string.")
-    # bool is an int subclass, but `true` is almost surely a mistake for an answer.
-    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-        raise UserError(f"{where} has an 'answer' that is not a string or number; write one.")
-    if not isinstance(solution, str):
-        raise UserError(f"{where} has a non-string 'solution'; write it as a string or omit it.")
-    return Example(prompt, str(answer), solution)
+def check_columns(label: str, row: dict) -> None:
+    """A table (Parquet, Hub) needs a prompt column ('prompt' or 'messages') and 'answer'."""
+    if "prompt" not in row and "messages" not in row:
+        raise UserError(
+            f"{label} has no 'prompt' column (nor 'messages'); it needs 'prompt' or 'messages', "
+            "and 'answer'."
+        )
+    if "answer" not in row:
+        raise UserError(f"{label} has no 'answer' column; it needs 'prompt' and 'answer'.")
 
 
 def check_numeric_answers(numbered: list[Row]) -> None:
@@ -218,7 +280,7 @@ def check_numeric_answers(numbered: list[Row]) -> None:
             )
 
 
-def split_examples(path: Path, numbered: list[Row]) -> dict[str, list[Example]]:
+def split_examples(path: str, numbered: list[Row]) -> dict[str, list[Example]]:
     """Examples per split in file order (each row's own split, when every row has one, else the
     prompt hash); val/test keep the first line of each repeated prompt."""
     given = [split for _, _, split in numbered]
@@ -226,7 +288,7 @@ def split_examples(path: Path, numbered: list[Row]) -> dict[str, list[Example]]:
         where = next(where for where, _, split in numbered if split is None)
         raise UserError(f"{where} has no 'split' while other rows have one; give every row one.")
     by_split: dict[str, list[Example]] = {split: [] for split in SPLITS}
-    seen: set[str] = set()
+    seen: set[Prompt] = set()
     for (_, example, split), hashed in zip(numbered, (split_of(e.prompt) for _, e, _ in numbered)):
         split = split or hashed
         if split != "train" and example.prompt in seen:

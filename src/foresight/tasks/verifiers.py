@@ -1,10 +1,17 @@
-"""Verifiers for JSONL user tasks, picked by name from `task.verifier`.
+"""Verifiers and reward functions for user tasks, picked by name from `task.verifier`.
 
     exact                    the final answer text equals answer.strip()
     number                   the last number in the completion equals float(answer) within 1e-6
     math                     the last \\boxed{...} in the completion equals the answer mathematically
                              (math-verify: 1/2, \\frac12, 0.5 and \\dfrac{1}{2} all match)
-    python:module:function   function(completion, answer) -> bool from an importable module
+    python:module:function   function(completion: str, answer: str) -> bool | float from an
+                             importable module: True/False count as 1/0, a float is the reward
+
+The first three are pass/fail (True = reward 1). A python function may return any finite number:
+RL (GRPO) uses it as the completion's reward, evaluation reports its mean as `eval/accuracy` (the
+accuracy when it is 0/1), EffOPD's accuracy signal is that mean too, and SFT on verified teacher
+samples keeps those with a reward above 0. It gets the row's answer string (the same signature for
+every verifier); a None, a string or a non-finite value is a UserError naming the function.
 
 The final answer text is what follows the last '#' when the completion has one (the embedded
 tasks' convention), else its last non-empty line; stripped either way.
@@ -20,7 +27,7 @@ from collections.abc import Callable
 from foresight.errors import UserError
 from foresight.tasks.base import ANSWER_MARK
 
-Verifier = Callable[[str, str], bool]
+Verifier = Callable[[str, str], bool | float]  # (completion, answer) -> reward
 # Ints, decimals ("3.", ".5") and exponents, each with an optional minus sign.
 NUMBER_PATTERN = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 NUMBER_TOLERANCE = 1e-6
@@ -92,7 +99,7 @@ VERIFIERS: dict[str, Verifier] = {
 
 
 def make_verifier(spec: str) -> Verifier:
-    """The verifier named by `spec`: exact, number, math or python:module:function."""
+    """The verifier named by `spec`: exact, number, math or python:module:function (a reward)."""
     if spec in VERIFIERS:
         return VERIFIERS[spec]
     if spec.startswith(PYTHON_PREFIX):
@@ -123,16 +130,32 @@ def import_verifier(spec: str) -> Verifier:
     except AttributeError:
         raise UserError(
             f"task.verifier module '{module_name}' has no function '{function_name}'; "
-            "define it as function(completion, answer) -> bool or fix the name."
+            "define it as function(completion, answer) -> bool or float, or fix the name."
         ) from None
     if not callable(function):
         raise UserError(
             f"task.verifier '{module_name}.{function_name}' is not callable; point it at a "
-            "function(completion, answer) -> bool."
+            "function(completion, answer) -> bool or float."
         )
 
-    def verify_python(completion: str, answer: str) -> bool:
-        # bool() so a user function returning 1/0 or numpy.bool_ still gives a plain bool.
-        return bool(function(completion, answer))
+    def verify_python(completion: str, answer: str) -> float:
+        return reward_value(function(completion, answer), spec)
 
     return verify_python
+
+
+def reward_value(value: object, spec: str) -> float:
+    """A reward function's result as a float: bools, ints, floats and numpy or 0-d torch scalars
+    pass; None, strings and what float() refuses, and NaN or infinity, are a UserError."""
+    number = math.nan
+    if value is not None and not isinstance(value, str | bytes):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+    if not math.isfinite(number):
+        raise UserError(
+            f"task.verifier '{spec}' returned {value!r:.60} for a completion, not a finite "
+            "number; return a bool or a finite float."
+        )
+    return number

@@ -102,7 +102,7 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
     frozen_hidden = frozen_hidden_states(t.frozen if t.objective.scores_frozen else None, batch)
     scored = time.perf_counter()
     advantages = None
-    if batch.rewards is not None:
+    if t.cfg.train.method == "rl":  # opd's rewards are a metric only
         advantages = group_advantages(batch.rewards, t.cfg.rollout.group_size)  # (B·G,)
     mask = batch.rollout.completion_mask[:, 1:]  # (B, T-1)
     # Token-mean over the global batch: every rank divides by all ranks' token count, and scales
@@ -156,7 +156,7 @@ def train_step(t: Trainer, step: int) -> dict[str, float]:
         stats["train/truncated_share"] = truncated / rows_total
     if kl_sums:  # k1 estimate of the per-token KL to the teacher (opd) or reference (rl)
         stats["kl/mean"] = kl_sum / float(n_tokens)
-    if batch.rewards is not None:
+    if batch.rewards is not None:  # the task reward of the sampled completions (opd, rl)
         stats["reward/mean"] = float(t.dist.sum(batch.rewards.double().mean())) / t.dist.world
     return stats
 

@@ -3,7 +3,9 @@ own forward and the library's KV cache (`DynamicCache`), for every architecture.
 
   opd -- one completion per prompt (with a teacher prompt template, also the same completions after
          the teacher's privileged prompts, for self-distillation)
-  rl  -- G completions per prompt, each with the task verifier's reward
+  rl  -- G completions per prompt
+Every sampled completion gets the task's reward (tasks/verifiers.py): GRPO's signal for rl, the
+reward/mean metric for opd.
 Prompts are left-padded so that every row's next token sits in the last column; completions are
 right-padded after their EOS. The completion mask is built from *when* a token was generated, not from
 its id, so a pad id equal to the EOS id can never unmask padding or mask the real EOS. Prompts and
@@ -22,7 +24,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from foresight.config import Config
 from foresight.errors import UserError
 from foresight.tasks import Example, Row, Task
-from foresight.templates import encode_chat_prompts, stop_ids, uses_chat
+from foresight.tasks.base import Prompt
+from foresight.templates import check_text_prompts, encode_chat_prompts, stop_ids, uses_chat
 
 
 def stream_seed(seed: int, step: int, stream: int) -> int:
@@ -67,16 +70,19 @@ class Rollout:
 @dataclass(frozen=True)
 class StepBatch:
     rollout: Rollout
-    rewards: torch.Tensor | None  # (B·G,) verifier rewards in {0, 1}, rl only
+    # (B·G,) task rewards of the sampled completions (verifier 0/1 or a python: reward's float):
+    # GRPO's signal (rl), the reward/mean metric (opd); None for sft's given completions.
+    rewards: torch.Tensor | None
     # Self-distillation: the same completions after the teacher's privileged prompts.
     teacher_rollout: Rollout | None = None
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt]) -> list[list[int]]:
     """Token ids of each prompt: rendered with the chat template when chat is on (templates.py),
-    else raw with BOS prepended when the tokenizer has one."""
+    else raw text with BOS prepended when the tokenizer has one."""
     if uses_chat(tokenizer):
         return encode_chat_prompts(tokenizer, prompts)  # the template places its own BOS
+    check_text_prompts(tokenizer, prompts)  # a conversation needs the chat template
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     return [([bos] if bos is not None else []) + ids for ids in encoded]
@@ -301,24 +307,21 @@ def student_batch(
     cfg: Config,
     seed: int,
 ) -> StepBatch:
-    """On-policy samples drawn from `seed`; for rl, G per prompt (rows grouped by prompt) with
-    their rewards. The caller puts the student in eval mode."""
+    """On-policy samples drawn from `seed` with their task rewards; for rl, G per prompt (rows
+    grouped by prompt). The caller puts the student in eval mode."""
     group = cfg.rollout.group_size
     prompts = [e.prompt for e in examples for _ in range(group)]
     generator = torch.Generator().manual_seed(seed)
     rollout = sample(
         student, tokenizer, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, generator
     )
-    if cfg.task.teacher_prompt_template is not None:  # opd only (config check)
-        privileged = teacher_prompts(cfg.task.teacher_prompt_template, prompts)
-        return StepBatch(rollout, None, privileged_rollout(tokenizer, rollout, privileged))
-    if cfg.train.method != "rl":
-        return StepBatch(rollout, None)
     answers = [e.answer for e in examples for _ in range(group)]
     completions = decode_completions(tokenizer, rollout)
-    verified = [float(task.verify(c, a)) for c, a in zip(completions, answers)]
-    rewards = torch.tensor(verified)  # (B·G,)
-    return StepBatch(rollout, rewards)
+    rewards = torch.tensor([float(task.verify(c, a)) for c, a in zip(completions, answers)])
+    if cfg.task.teacher_prompt_template is not None:  # opd only (config check)
+        privileged = teacher_prompts(cfg.task.teacher_prompt_template, prompts)
+        return StepBatch(rollout, rewards, privileged_rollout(tokenizer, rollout, privileged))
+    return StepBatch(rollout, rewards)  # rewards (B·G,)
 
 
 def prompt_fit(

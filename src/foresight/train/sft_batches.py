@@ -95,8 +95,9 @@ def sft_batch(
     rollout = teacher_forced(tokenizer, prompts, completions, ended)
     if cfg.train.sft_verified_only:
         # Rejected rows stay in the batch with no trained token, so shapes never depend on luck.
+        # Accepted: a reward above 0 (True for a verifier; a python: reward may be any float).
         kept = torch.tensor(
-            [task.verify(c, e.answer) for c, e in zip(completions, examples)]
+            [task.verify(c, e.answer) > 0 for c, e in zip(completions, examples)]
         )  # (B,)
         rollout = Rollout(
             rollout.ids,
