@@ -13,7 +13,7 @@ from foresight.demo import run_demo
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_writes_summary_for_opd_and_effopd(tmp_path, monkeypatch):
+def test_demo_writes_summary_for_opd_and_effopd(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     short = [
         "train.steps=2",
@@ -38,6 +38,14 @@ def test_demo_writes_summary_for_opd_and_effopd(tmp_path, monkeypatch):
         assert key in written
     assert written["teacher_accuracy"] - written["base_accuracy"] >= 0.3  # the committed pair's gap
     assert len(written["effopd_accepted_multipliers"]) == 2  # searches after steps 1 and 2
+    # Without a terminal each phase prints labelled progress lines (the console stays alive).
+    err = capsys.readouterr().err
+    for line in (
+        "base model · generating 100/100",
+        "EffOPD · test · generating 100/100",
+        "analysis of plain OPD · measuring tensors",
+    ):
+        assert line in err
     for run in ("opd", "effopd"):
         assert (
             tmp_path / "demo" / run / "checkpoints" / "step-000002" / "model.safetensors"

@@ -20,7 +20,7 @@ from foresight.checkpoint import free_run_dir
 from foresight.config import Config, load_config
 from foresight.errors import UserError
 from foresight.hub import model_folder
-from foresight.log import read_metrics
+from foresight.log import read_metrics, stage
 from foresight.models import load_model, load_tokenizer
 from foresight.tasks import load_task
 from foresight.train.evaluate import evaluate
@@ -52,15 +52,18 @@ def distill(
     """One OPD run into run_dir; its final student's test accuracy and wall seconds."""
     started = time.perf_counter()
     run_cfg = load_config(config_path, [*extra, f"train.out_dir={run_dir}"])
-    train(run_cfg)
+    with stage("training"):
+        train(run_cfg)
     final = run_dir / "checkpoints" / f"step-{run_cfg.train.steps:06d}"
     accepted = [
         row["effopd/accepted_multiplier"]
         for row in read_metrics(run_dir)
         if "effopd/accepted_multiplier" in row
     ]
+    with stage("test"):
+        accuracy = test_accuracy(cfg, final, "student", n_prompts)
     return {
-        "accuracy": test_accuracy(cfg, final, "student", n_prompts),
+        "accuracy": accuracy,
         "train_seconds": time.perf_counter() - started,
         "accepted_multipliers": accepted,
     }
@@ -80,13 +83,17 @@ def run_demo(
     if cfg.model.teacher is None:
         raise UserError("The demo distills toward a teacher; set model.teacher to a model folder.")
     model = cfg.model
-    base_accuracy = test_accuracy(
-        cfg, model.student, "student", test_prompts, model.student_revision
-    )
-    teacher_accuracy = test_accuracy(
-        cfg, model.teacher, "teacher", test_prompts, model.teacher_revision
-    )
-    plain = distill(cfg, overrides, run_dir / "opd", config_path, test_prompts)
+    # Each phase labels its progress lines: "demo · plain OPD · training · step 12/40".
+    with stage("base model"):
+        base_accuracy = test_accuracy(
+            cfg, model.student, "student", test_prompts, model.student_revision
+        )
+    with stage("teacher"):
+        teacher_accuracy = test_accuracy(
+            cfg, model.teacher, "teacher", test_prompts, model.teacher_revision
+        )
+    with stage("plain OPD"):
+        plain = distill(cfg, overrides, run_dir / "opd", config_path, test_prompts)
     gap = teacher_accuracy - base_accuracy
     summary = {
         "task": cfg.task.name,
@@ -98,15 +105,21 @@ def run_demo(
         "opd_train_seconds": round(plain["train_seconds"], 1),
     }
     if effopd:
-        jumped = distill(
-            cfg, [*overrides, "effopd.enabled=true"], run_dir / "effopd", config_path, test_prompts
-        )
+        with stage("EffOPD"):
+            jumped = distill(
+                cfg,
+                [*overrides, "effopd.enabled=true"],
+                run_dir / "effopd",
+                config_path,
+                test_prompts,
+            )
         summary |= {
             "effopd_student_accuracy": jumped["accuracy"],
             "effopd_train_seconds": round(jumped["train_seconds"], 1),
             "effopd_accepted_multipliers": jumped["accepted_multipliers"],
         }
-    report = analyze_run(cfg, run_dir / "opd", run_dir / "analysis")
+    with stage("analysis of plain OPD"):
+        report = analyze_run(cfg, run_dir / "opd", run_dir / "analysis")
     summary |= {
         "analysis_report": str(report),
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -28,6 +28,7 @@ from foresight.checkpoint import free_run_dir
 from foresight.config import Config, load_config
 from foresight.dynamics.collect import torch_threads
 from foresight.errors import UserError
+from foresight.log import stage
 from foresight.lora import load_student
 from foresight.models import load_model, load_tokenizer
 from foresight.tasks import Example, Task, load_task
@@ -82,19 +83,21 @@ def told(task: Task, template: str) -> Task:
     return Task(task.name, sample, task.verify, task.alphabet)
 
 
-def behavior_rate(cfg: Config, model, task: Task, n_prompts: int) -> float:
-    """Greedy verifier pass rate on the first n test prompts of `task`."""
+def behavior_rate(cfg: Config, model, task: Task, n_prompts: int, label: str) -> float:
+    """Greedy verifier pass rate on the first n test prompts of `task`; `label` names the phase
+    in the progress lines."""
     tokenizer = load_tokenizer(cfg.model.student, "student", cfg.model.chat_template)
-    scores = evaluate(
-        model,
-        tokenizer,
-        task,
-        "test",
-        n_prompts,
-        cfg.rollout.max_new_tokens,
-        cfg.eval.batch_size,
-        sampled=False,
-    )
+    with stage(label):
+        scores = evaluate(
+            model,
+            tokenizer,
+            task,
+            "test",
+            n_prompts,
+            cfg.rollout.max_new_tokens,
+            cfg.eval.batch_size,
+            sampled=False,
+        )
     return scores["eval/accuracy"]
 
 
@@ -152,18 +155,19 @@ def measure_and_distill(cfg: Config, task: Task, template: str, n_test: int) -> 
         "behavior": f"reply starts with {BEHAVIOR!r}",
         "teacher_prompt_template": template,
         "test_prompts": len(task.sample("test", n_test, 0)),
-        "base_untold_rate": behavior_rate(cfg, base, task, n_test),
-        "base_told_rate": behavior_rate(cfg, base, told(task, template), n_test),
+        "base_untold_rate": behavior_rate(cfg, base, task, n_test, "base, untold"),
+        "base_told_rate": behavior_rate(cfg, base, told(task, template), n_test, "base, told"),
         "question": question,
         "base_reply": greedy_reply(cfg, base, question),
     }
     del base
     train_started = time.perf_counter()
-    train(cfg)
+    with stage("LoRA OPD"):
+        train(cfg)
     summary["train_seconds"] = time.perf_counter() - train_started
     final = cfg.train.out_dir / "checkpoints" / f"step-{cfg.train.steps:06d}"
     student = load_student(cfg, final)
-    summary["student_untold_rate"] = behavior_rate(cfg, student, task, n_test)
+    summary["student_untold_rate"] = behavior_rate(cfg, student, task, n_test, "student")
     summary["student_reply"] = greedy_reply(cfg, student, question)
     summary["gain_points"] = 100 * (summary["student_untold_rate"] - summary["base_untold_rate"])
     summary["steps"] = cfg.train.steps
