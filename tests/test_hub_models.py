@@ -29,6 +29,7 @@ from huggingface_hub import constants
 
 from foresight.config import config_to_yaml
 from foresight.errors import UserError
+from foresight.hub import model_folder
 from foresight.models import load_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +156,10 @@ def test_paths_stay_folders(offline, micro_pair):
     local = load_model("org/tiny-student", "student")  # the folder, not the cached snapshot
     expected = load_model(micro_pair[0], "student")
     assert torch.equal(local.lm_head.weight, expected.lm_head.weight)
+
+
+def test_model_folder_is_the_cached_snapshot_for_the_analysis(offline, hub_cache, micro_pair):
+    snapshots = hub_cache / "models--org--tiny-student" / "snapshots"
+    assert model_folder("org/tiny-student", "student") == snapshots / MAIN_COMMIT
+    assert model_folder("org/tiny-student", "student", "v1") == snapshots / V1_COMMIT
+    assert model_folder(micro_pair[0], "student") == micro_pair[0]
