@@ -13,14 +13,15 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 
 
-def capture(monkeypatch, module) -> dict[str, Figure]:
-    """stem -> Figure for every figure `module._save(fig, fig_dir, stem)` writes from now on."""
+def capture(monkeypatch, module, write: bool = True) -> dict[str, Figure]:
+    """stem -> Figure for every figure `module._save(fig, fig_dir, stem)` saves from now on; with
+    write=False the PNG files are not written (faster, where nothing reads them)."""
     figures: dict[str, Figure] = {}
     save = module._save
 
     def recording(fig, fig_dir, stem):
         figures[stem] = fig
-        return save(fig, fig_dir, stem)
+        return save(fig, fig_dir, stem) if write else stem
 
     monkeypatch.setattr(module, "_save", recording)
     return figures

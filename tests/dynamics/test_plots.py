@@ -51,7 +51,7 @@ def test_every_figure_reads_cleanly(report, tmp_path, monkeypatch):
     from foresight.dynamics.report import load_tables
 
     out, summary = report
-    figures = capture(monkeypatch, plots)
+    figures = capture(monkeypatch, plots, write=False)
     plots.make_figures(load_tables(out), tmp_path)
     assert [f"figures/{stem}.png" for stem in figures] == summary["figures"]
     for stem, fig in figures.items():

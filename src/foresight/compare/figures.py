@@ -155,7 +155,7 @@ def scaling_figure(runs: RunTables, fig_dir: Path) -> str:
         rows = [t.get("probe_rescaling", []) for t in seeds]
         pairs = [_series(r, "progress", "probe/gain_recovered", beta=1.0) for r in rows]
         _band(right, [p[0] for p in pairs], [p[1] for p in pairs], method)
-    left.set(xlabel="||alpha dW_T||_F", ylabel="test accuracy", title="norm-matched scaling")
+    left.set(xlabel="‖α ΔW_T‖_F", ylabel="test accuracy", title="norm-matched scaling")
     right.set(xlabel="progress of the checkpoint", ylabel="share of final gain recovered")
     right.set_title("checkpoint's update rescaled to the final norm")
     for ax in (left, right):

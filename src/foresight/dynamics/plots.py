@@ -36,6 +36,11 @@ FAMILY_METRICS = {
     "sparsity_rel": ("dynamics/sparsity_rel_", "share of entries with |ΔW| < c × RMS(W_base)"),
     "overlap": ("dynamics/overlap_top", "top-k subspace overlap with final"),
 }
+# Embedding-swap variants (probes.py) as the bar labels say them.
+VARIANT_NAMES = {
+    "final_base_embedding": "final with\nbase embeddings",
+    "final_base_lm_head": "final with\nbase output head",
+}
 COMPARE_METRICS = [
     "dynamics/frobenius_rel",
     "dynamics/spectral_ratio",
@@ -203,10 +208,12 @@ def _trajectory_figure(trajectory: list[Row], fig_dir: Path) -> str:
             values = _column([row for row in trajectory if row["kind"] == kind], key)
             means.append(sum(map(float, values)) / len(values))
         # short_label, not key[-4:]: matplotlib hides legend labels that start with "_" ("_pc1").
-        ax.bar([i + offset for i in range(len(kinds))], means, width=0.4, label=short_label(key))
-    ax.set_xticks(range(len(kinds)), [str(kind) for kind in kinds])
-    ax.set_ylabel("share of trajectory variance")
-    ax.set_ylim(0, 1.05)
+        ax.barh([i + offset for i in range(len(kinds))], means, height=0.4, label=short_label(key))
+    # Horizontal bars: the kind names stack down the axis and never run into each other.
+    ax.set_yticks(range(len(kinds)), [kind_name(str(kind)) for kind in kinds], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the top direction's trajectory variance")
+    ax.set_xlim(0, 1.05)
     _legend_outside(ax)
     return _save(fig, fig_dir, "trajectory_pca")
 
@@ -225,7 +232,7 @@ def _probe_scaling(tables: Tables, fig_dir: Path) -> str:
     ax = fig.subplots()
     ax.plot(*_xy(tables["probe_scaling"], "probe/update_norm", "score/accuracy"), "k-o", ms=4)
     _reference_lines(ax, tables)
-    ax.set_xlabel("||alpha dW_T||_F (update norm)")
+    ax.set_xlabel("‖α ΔW_T‖_F (update norm)")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=7)
     return _save(fig, fig_dir, "probe_scaling")
@@ -235,9 +242,10 @@ def _probe_embedding_swap(tables: Tables, fig_dir: Path) -> str:
     rows = tables.get("probe_reference", []) + tables["probe_embedding_swap"]
     fig = Figure(figsize=(6, 3.6), layout="constrained")
     ax = fig.subplots()
-    ax.bar([str(row["variant"]) for row in rows], [float(row["score/accuracy"]) for row in rows])
+    names = [VARIANT_NAMES.get(str(row["variant"]), str(row["variant"])) for row in rows]
+    ax.bar(names, [float(row["score/accuracy"]) for row in rows])
     ax.set_ylabel("accuracy")
-    ax.tick_params(axis="x", labelsize=7)
+    ax.tick_params(axis="x", labelsize=8)
     return _save(fig, fig_dir, "probe_embedding_swap")
 
 
@@ -282,7 +290,7 @@ def _probe_rescaling(tables: Tables, fig_dir: Path) -> str:
     ax = fig.subplots()
     for beta in dict.fromkeys(row["beta"] for row in rows):
         x, y = _xy([row for row in rows if row["beta"] == beta], "progress", "probe/gain_recovered")
-        ax.plot(x, y, "-o", ms=3, label=f"beta={beta:g}")
+        ax.plot(x, y, "-o", ms=3, label=f"β = {beta:g}")
     ax.set_xlabel("training progress of the checkpoint")
     ax.set_ylabel("share of final gain recovered")
     ax.legend(fontsize=7)
