@@ -4,7 +4,8 @@
 `overall.csv` (one row per step), `kinds.csv` (per step and module kind) and `layers.csv` (per
 step and layer). Metric means run over the 2-D attention and MLP matrices, as the paper averages;
 a None (an undefined value, see docs/metrics.md) is left out of a mean, and a mean of nothing is
-None. In CSV a None is an empty cell.
+None. In CSV a None is an empty cell. Reports name every `dynamics/...` key in words through
+labels.py (the same names as docs/metrics.md).
 """
 
 from __future__ import annotations
