@@ -13,7 +13,7 @@ import pytest
 from builders import micro_config, run_cli, save_micro_model
 
 from foresight.config import config_to_yaml
-from foresight.log import read_metrics
+from foresight.log import quiet, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,6 +164,20 @@ def test_quiet_prints_only_the_result_before_or_after_the_command(monkeypatch, c
     code, out, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0 and err == ""
     assert json.loads(out)["eval/prompts"] == 4
+    assert not quiet()  # the process's own default again, for whatever runs next in it
+
+
+def test_verbose_adds_the_libraries_info_logs():
+    """In a process of its own: transformers' log handler keeps the stderr it first saw, which
+    in-process capture replaces."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "foresight", "eval", "models/arith/teacher", "--n", "2"]
+    verbose = subprocess.run([*args, "-v"], cwd=REPO, capture_output=True, text=True)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "[transformers] loading configuration file" in verbose.stderr
+    assert "eval · generating 2/2" in verbose.stderr  # our own lines stay
 
 
 def test_quiet_and_verbose_together_exit_2(monkeypatch, capsys):

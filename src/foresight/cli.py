@@ -6,7 +6,6 @@ Run: foresight --help
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import typer
 from foresight.analyze_command import analyze_command
 from foresight.errors import UserError
 from foresight.eval_command import eval_command, task_config
-from foresight.log import QuietFlag, VerboseFlag, set_verbosity, stage
+from foresight.log import QuietFlag, VerboseFlag, library_verbosity, set_verbosity, stage
 
 app = typer.Typer(
     add_completion=False,
@@ -30,21 +29,6 @@ app.command("eval")(eval_command)
 SetOption = Annotated[
     list[str], typer.Option("--set", help="Override a config value: section.key=value.")
 ]
-
-
-def library_verbosity() -> None:
-    """Libraries' own logs follow ours: by default transformers' warnings and per-file progress
-    bars are off (our labelled progress says enough); with -v, transformers' and every other
-    library's info logs are on."""
-    from transformers.utils import logging as hf_logging
-
-    if logging.getLogger("foresight").level <= logging.DEBUG:  # -v
-        hf_logging.set_verbosity_info()
-        hf_logging.enable_progress_bar()
-        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    else:
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
 
 
 def _show_version(value: bool) -> None:
@@ -243,3 +227,5 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    finally:
+        set_verbosity(None)  # back to the library default, for a caller in the same process

@@ -8,8 +8,9 @@
   analysis, prepare). On a terminal it is a live rich bar; otherwise (CI logs, `make demo | tee`)
   it prints a plain line every `every` updates, so a log shows life. Bars opened inside `stage(name)`
   are labelled "name · label", and a bar opened while another is live joins the same display.
-- Verbosity is the level of the `foresight` logger (`set_verbosity`, the CLI's -q/-v): above INFO
-  (quiet) hides progress and `say` lines; errors and results are printed by their callers.
+- Verbosity is the level of the `foresight` logger (`set_verbosity`, the CLI's -q/-v flags): above
+  INFO (quiet) hides progress and `say` lines; errors and results are printed by their callers.
+  `library_verbosity` makes transformers (and, with -v, every library's info logs) follow it.
 
 Progress and `say` lines go to stderr: stdout carries only each command's result.
 """
@@ -52,10 +53,27 @@ _live: ContextVar[Progress | None] = ContextVar("foresight_live", default=None)
 PLAIN_LINES_PER_BAR = 10
 
 
-def set_verbosity(level: int) -> None:
+def set_verbosity(level: int | None) -> None:
     """-1 quiet (errors and results only), 0 normal (progress and info lines), 1 verbose (also
-    debug lines). Sets the `foresight` logger's level; library users may set it directly."""
-    logger.setLevel({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[level])
+    debug lines), None unset (the library default: not quiet). Sets the `foresight` logger's
+    level; library users may set it directly."""
+    levels = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG, None: logging.NOTSET}
+    logger.setLevel(levels[level])
+
+
+def library_verbosity() -> None:
+    """Libraries' own logs follow ours: by default transformers' warnings and per-file progress
+    bars are off (our labelled progress says enough); with -v, transformers' and every other
+    library's info logs are on."""
+    from transformers.utils import logging as hf_logging
+
+    if logger.level == logging.DEBUG:  # -v
+        hf_logging.set_verbosity_info()
+        hf_logging.enable_progress_bar()
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    else:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def _verbosity_flag(level: int):
@@ -67,6 +85,7 @@ def _verbosity_flag(level: int):
             if logger.level == other:
                 raise UserError("Pass -q (quiet) or -v (verbose), not both.")
             set_verbosity(level)
+            library_verbosity()
         return value
 
     return apply
