@@ -223,3 +223,20 @@ def test_eval_config_folder_without_config_is_refused(monkeypatch, capsys, tmp_p
         monkeypatch, capsys, "eval", "models/arith/teacher", "--config", str(tmp_path)
     )
     assert code == 2 and "holds no config.yaml" in err and len(err.splitlines()) == 1
+
+
+def test_analyze_labels_its_progress(monkeypatch, capsys, tmp_path, micro_pair):
+    cfg = micro_config(*micro_pair, tmp_path / "run")
+    assert (
+        run_cli(monkeypatch, capsys, "train", str(write_config(tmp_path, config_to_yaml(cfg))))[0]
+        == 0
+    )
+    code, out, err = run_cli(
+        monkeypatch, capsys, "analyze", str(tmp_path / "run"), "--out", str(tmp_path / "report")
+    )
+    assert code == 0, err
+    # The micro model has 25 tensors (2 layers); without a terminal about ten lines, the last one
+    # at the end.
+    lines = [line for line in err.splitlines() if line.startswith("analyze · measuring tensors")]
+    assert len(lines) >= 2 and lines[-1].startswith("analyze · measuring tensors 25/25")
+    assert "report:" in out
