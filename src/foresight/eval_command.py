@@ -78,8 +78,7 @@ def eval_command(
     quiet: QuietFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Accuracy of a model on a task's held-out split (and KL to a teacher), with the run's eval
-    settings when given its config."""
+    """Accuracy of a model on a held-out split (and KL to a teacher), as its run evaluates."""
     import json
 
     from foresight.lora import load_for_eval
