@@ -26,7 +26,7 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt | $(VENV)/bin/python
 	touch $@ $(VENV)/.installed-train
 
 # What `pip install foresight` gives a user who only analyzes: no extras, not editable, so it is
-# re-installed when a source changes. Its wheels come from pip's cache, filled by .venv's install.
+# re-installed when a source changes. pip's cache stays on: what .venv's install cached is reused.
 $(ANALYSIS_VENV)/.installed: pyproject.toml constraints.txt $(PACKAGE_FILES)
 	test -x $(ANALYSIS_VENV)/bin/python || $(PYTHON) -m venv $(ANALYSIS_VENV)
 	$(ANALYSIS_VENV)/bin/python $(INSTALL) --upgrade pip
