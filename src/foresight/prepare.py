@@ -2,9 +2,9 @@
 
 Mirrors the paper's set-up, where the teacher is a stronger tuned version of the student's own base:
 one supervised run on the task's worked solutions from a fresh tiny model, with a checkpoint (and a
-validation score) every `teacher_steps / 60` steps (rounded up). Its last checkpoint is the strong **teacher**;
-the weak **base** is the earliest checkpoint whose validation accuracy reaches a target (by default
-a fifth of the teacher's). Same architecture, same tokenizer.
+validation score) every `teacher_steps / 60` steps, rounded up. Its last checkpoint is the strong
+**teacher**; the weak **base** is the earliest checkpoint whose validation accuracy reaches a
+target (by default a fifth of the teacher's). Same architecture, same tokenizer.
 
 Run: foresight prepare --out models            (all embedded tasks)
      foresight prepare --task my_task.jsonl    (a user's task; its lines need a 'solution')
@@ -55,7 +55,8 @@ def task_label(task_cfg: TaskConfig) -> str:
 
 
 def base_target(teacher_val_accuracy: float, base_accuracy: float | None) -> float:
-    """The validation accuracy the base must reach: the user's, else BASE_FRACTION of the teacher's."""
+    """The validation accuracy the base must reach: the user's, else a BASE_FRACTION of the
+    teacher's."""
     return BASE_FRACTION * teacher_val_accuracy if base_accuracy is None else base_accuracy
 
 
@@ -63,7 +64,8 @@ def choose_base(curve: list[tuple[int, float]], target: float) -> tuple[int, flo
     """The earliest checkpoint before the teacher's whose validation accuracy reaches `target`.
 
     curve: (step, validation accuracy) of every saved checkpoint in step order; the last one is the
-    teacher. Returns (step, accuracy) of the base; raises UserError when no earlier one reaches it."""
+    teacher. Returns (step, accuracy) of the base; raises UserError when no earlier one reaches
+    it."""
     *candidates, (teacher_step, teacher_accuracy) = curve
     for step, accuracy in candidates:
         if accuracy >= target:
