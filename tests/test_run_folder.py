@@ -40,7 +40,11 @@ def train(monkeypatch, capsys, run: Path, *extra: str) -> tuple[int, str, str]:
 
 
 def one_sentence(err: str) -> bool:
-    return err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
+    """stderr ends in exactly one line `error: ...`, with no traceback; progress lines (stderr
+    without a terminal) may come before it."""
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    return err.endswith("\n") and errors == lines[-1:] and "Traceback" not in err
 
 
 def test_overwrite_refuses_folders_foresight_did_not_write(monkeypatch, capsys, tmp_path):

@@ -267,8 +267,8 @@ class LogConfig(Section):
     tensorboard: bool = Field(True, description="Also write TensorBoard event files (RUN/tb).")
     report_to: list[str] = Field(
         [],
-        description="More experiment trackers, through accelerate's tracking module: "
-        f"{', '.join(TRACKERS)}; each reads its own settings from the environment (WANDB_MODE, "
+        description="Experiment trackers, through accelerate's tracking module: "
+        f"{', '.join(TRACKERS)} (tensorboard here = log.tensorboard); each reads its own settings from the environment (WANDB_MODE, "
         "WANDB_DIR, MLFLOW_TRACKING_URI, ...). metrics.jsonl stays the source of truth.",
     )
     project: str = Field(
@@ -282,17 +282,24 @@ class LogConfig(Section):
         "ten lines per run.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_in_report_to(cls, raw: Any) -> Any:
+        """`report_to: [tensorboard, wandb]` as in transformers: tensorboard there is log.tensorboard."""
+        if not isinstance(raw, dict) or "tensorboard" not in (raw.get("report_to") or []):
+            return raw
+        if raw.get("tensorboard") is False:
+            raise ValueError("log.report_to lists tensorboard but log.tensorboard is false; pick one")
+        others = [name for name in raw["report_to"] if name != "tensorboard"]
+        return {**raw, "report_to": others, "tensorboard": True}
+
     @model_validator(mode="after")
     def _known_trackers(self) -> LogConfig:
         for name in self.report_to:
-            if name == "tensorboard":
-                raise ValueError(
-                    "log.report_to lists tensorboard, which is log.tensorboard (on by default); "
-                    "remove it from log.report_to"
-                )
             if name not in TRACKERS:
                 raise ValueError(
-                    f"log.report_to names an unknown tracker '{name}'; use {', '.join(TRACKERS)}"
+                    f"log.report_to names an unknown tracker '{name}'; use tensorboard, "
+                    f"{', '.join(TRACKERS)}"
                 )
         return self
 

@@ -73,7 +73,7 @@ def test_eval_scores_every_row_of_a_file_and_says_so(monkeypatch, capsys, tmp_pa
     data = write_rows(tmp_path / "mine.jsonl", rows(300))
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(
-        sys, "argv", ["foresight", "eval", "models/arith/teacher", "--task", str(data)]
+        sys, "argv", ["foresight", "eval", "models/arith/teacher", "--task", str(data), "--json"]
     )
     with pytest.raises(SystemExit) as exit_:
         main()

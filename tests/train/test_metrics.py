@@ -136,14 +136,21 @@ def test_wandb_offline_run_holds_our_metric_keys(micro_pair, tmp_path, monkeypat
 @pytest.mark.parametrize(
     "value, message",
     [
-        ("[neptune]", "unknown tracker 'neptune'; use wandb, trackio"),
-        ("[tensorboard]", "log.report_to lists tensorboard, which is log.tensorboard"),
+        ("[neptune]", "unknown tracker 'neptune'; use tensorboard, wandb, trackio"),
     ],
 )
-def test_unknown_or_doubled_tracker_is_refused_in_one_sentence(value, message):
+def test_unknown_tracker_is_refused_in_one_sentence(value, message):
     with pytest.raises(UserError, match=message) as error:
         load_config(None, [f"log.report_to={value}"])
     assert str(error.value).count(".") <= 4 and "\n" not in str(error.value)
+
+
+def test_tensorboard_in_report_to_is_log_tensorboard():
+    """`report_to: [tensorboard, wandb]`, as transformers spells it, turns log.tensorboard on."""
+    cfg = load_config(None, ["log.report_to=[tensorboard,wandb]"])
+    assert cfg.log.tensorboard is True and cfg.log.report_to == ["wandb"]
+    with pytest.raises(UserError, match="log.tensorboard is false"):
+        load_config(None, ["log.tensorboard=false", "log.report_to=[tensorboard]"])
 
 
 def test_tracker_that_is_not_installed_is_refused_before_loading(micro_pair, tmp_path):
