@@ -3,7 +3,8 @@
 `analyze` writes a report folder:
 
     OUT/modules.csv      one row per (checkpoint step, tensor name): the tidy table
-    OUT/overall.csv      per step: means over attention/MLP matrices, allocation, Spearman
+    OUT/overall.csv      per step: means over attention/MLP matrices, allocation, Spearman,
+                         the trajectory's straightness
     OUT/kinds.csv        per step and module kind
     OUT/layers.csv       per step and layer
     OUT/trajectory.csv   per 2-D tensor: PCA of its top singular vector's trajectory
@@ -55,7 +56,7 @@ def analyze(
     series = [(step, open_checkpoint(path, base_folder)) for step, path in checkpoints]
     collected = collect(base_folder, series, cfg)
     start = time.perf_counter()
-    tables = summarize(collected.modules)
+    tables = summarize(collected.modules, collected.straightness)
     timings = {**collected.timings, "time/allocation_s": time.perf_counter() - start}
     tables = {"modules": collected.modules, **tables, "trajectory": collected.trajectory}
     for name, rows in tables.items():

@@ -3,7 +3,9 @@
 The loop runs tensor-outer, checkpoint-inner. For each tensor the base and the final checkpoint
 are read once and the final update's top singular vectors are computed once, then every
 checkpoint's copy of that tensor is compared against them. So only a few copies of one tensor are
-alive at a time (base, final, current, a difference), never a whole model.
+alive at a time (base, final, the current and two previous checkpoints, a difference), never a
+whole model. The attention and MLP matrices also feed the trajectory's straightness
+(straightness.py), whose float64 sums run over all of them: one row per checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from foresight.config import DynamicsConfig
 from foresight.dynamics.direction import direction_metrics, top_left_vectors, trajectory_pca
 from foresight.dynamics.metrics import METRICS
 from foresight.dynamics.reading import ModelFolder, TensorInfo, check_series, describe
+from foresight.dynamics.straightness import Straightness, Walk
 from foresight.log import progress
 
 Row = dict[str, object]
@@ -58,10 +61,12 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 @dataclass
 class Collected:
-    """The tidy per-tensor table, the per-tensor trajectory PCA table and where the time went."""
+    """The tidy per-tensor table, the per-tensor trajectory PCA table, the straightness of the
+    whole trajectory (one row per checkpoint, in series order) and where the time went."""
 
     modules: list[Row]
     trajectory: list[Row]
+    straightness: list[Row]
     timings: dict[str, float]
 
 
@@ -78,10 +83,11 @@ def collect(
     clock = Clock()
     per_tensor: list[list[Row]] = []
     trajectory: list[Row] = []
+    straightness = Straightness(len(series))
     # Tensor by tensor, each read from every checkpoint: the bar counts tensors.
     with torch_threads(cfg.threads), progress("measuring tensors", len(infos)) as bar:
         for info in infos:
-            rows, leading = _tensor_rows(info, base, series, cfg, clock)
+            rows, leading = _tensor_rows(info, base, series, cfg, clock, straightness)
             per_tensor.append(rows)
             if len(info.shape) == 2:
                 with clock.phase("time/direction_s"):
@@ -91,7 +97,7 @@ def collect(
             bar.advance()
     # Regroup checkpoint-major so each step's rows are contiguous and in the same tensor order.
     modules = [rows[i] for i in range(len(series)) for rows in per_tensor]
-    return Collected(modules, trajectory, dict(clock.seconds))
+    return Collected(modules, trajectory, straightness.rows(), dict(clock.seconds))
 
 
 def _tensor_rows(
@@ -100,8 +106,12 @@ def _tensor_rows(
     series: list[tuple[int, ModelFolder]],
     cfg: DynamicsConfig,
     clock: Clock,
+    straightness: Straightness,
 ) -> tuple[list[Row], list[torch.Tensor]]:
-    """One tensor's row at every checkpoint, and its leading left singular vectors (for PCA)."""
+    """One tensor's row at every checkpoint, and its leading left singular vectors (for PCA).
+
+    An attention or MLP matrix also adds its dot products to `straightness`.
+    """
     final_step = series[-1][0]
     options = {
         "norm": {},
@@ -112,6 +122,7 @@ def _tensor_rows(
         w_base = base.read(info.name)
         w_final = series[-1][1].read(info.name)
     final_vectors = _vectors(info, w_base, w_final, cfg, clock)
+    walk: Walk | None = straightness.walk(w_base, w_final) if info.is_matrix else None
     rows, leading = [], []
     for index, (step, folder) in enumerate(series):
         is_final = index == len(series) - 1
@@ -128,6 +139,9 @@ def _tensor_rows(
             "kind": info.kind,
             "is_matrix": info.is_matrix,
         }
+        if walk is not None:
+            with clock.phase("time/straightness_s"):
+                walk.step(w_t)
         with clock.phase("time/static_s"):
             for family, metric in METRICS.items():
                 row.update(metric(w_base, w_t, **options[family]))

@@ -1,9 +1,9 @@
 """How reports write a metric: its readable name and unit, and its numbers.
 
-The `dynamics/...` keys are made in metrics.py, direction.py, collect.py and tables.py and
-defined in docs/metrics.md; `LABELS` gives each (or each family, with its parameter in `{}`) the
-name a reader sees, in the same words as the docs. `label(key)` raises KeyError for a key it does
-not know, so a new metric cannot reach a report under its raw key
+The `dynamics/...` keys are made in metrics.py, direction.py, straightness.py, collect.py and
+tables.py and defined in docs/metrics.md; `LABELS` gives each (or each family, with its parameter
+in `{}`) the name a reader sees, in the same words as the docs. `label(key)` raises KeyError for a
+key it does not know, so a new metric cannot reach a report under its raw key
 (tests/dynamics/test_labels.py checks every key the analysis writes).
 
 Numbers (`fmt`): 3 significant digits, trailing zeros dropped (Python's `%.3g`), written out in
@@ -44,6 +44,14 @@ LABELS: dict[str, tuple[str, str]] = {
     "dynamics/allocation_lm_head": ("Output head's share of the squared update", "share"),
     "dynamics/allocation_norm": ("Norm weights' share of the squared update", "share"),
     "dynamics/allocation_other": ("Other tensors' share of the squared update", "share"),
+    "dynamics/segment_cosine": (
+        "Cosine between the update segments before and after this checkpoint",
+        "cos, −1 to 1",
+    ),
+    "dynamics/early_direction_share": (
+        "Share of ‖ΔW_T‖ along this checkpoint's update direction",
+        "cos, −1 to 1",
+    ),
     "dynamics/pca_pc1": ("Top direction's trajectory variance on PC1", "share"),
     "dynamics/pca_pc12": ("Top direction's trajectory variance on PC1 and PC2", "share"),
 }
@@ -63,11 +71,18 @@ SHORT = {
     "dynamics/sparsity_abs_{p}": "|ΔW| < {p}",
     "dynamics/sparsity_rel_{p}": "|ΔW| < {p} × RMS",
     "dynamics/overlap_top{p}": "top-{p} overlap",
+    "dynamics/segment_cosine": "cos between consecutive segments",
+    "dynamics/early_direction_share": "share of ‖ΔW_T‖ along ΔW_t",
     "dynamics/pca_pc1": "PC1",
     "dynamics/pca_pc12": "PC1 + PC2",
 }
 # Keys that equal 1 at the final checkpoint by definition: the final update compared with itself.
-ONE_AT_FINAL = ("dynamics/alignment", "dynamics/overlap_top{p}", "dynamics/allocation_spearman")
+ONE_AT_FINAL = (
+    "dynamics/alignment",
+    "dynamics/overlap_top{p}",
+    "dynamics/allocation_spearman",
+    "dynamics/early_direction_share",
+)
 
 # Module kinds (module_names.KINDS) as a reader says them.
 KIND_NAMES = {

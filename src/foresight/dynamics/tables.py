@@ -43,11 +43,13 @@ def mean_of(rows: list[Row], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(modules: list[Row]) -> dict[str, list[Row]]:
+def summarize(modules: list[Row], straightness: list[Row] | None = None) -> dict[str, list[Row]]:
     """overall, kinds and layers tables from the module table; also fills each module's share.
 
     Adds `dynamics/allocation` (the tensor's share of the step's total squared update) to every
-    module row in place, since the tidy table carries it too.
+    module row in place, since the tidy table carries it too. straightness: collect's rows of the
+    whole trajectory, one per step in step order, copied into overall's rows (they are measured on
+    the matrices as one vector, never a mean over them).
     """
     keys = metric_keys(modules)
     steps = sorted({int(row["step"]) for row in modules})
@@ -59,10 +61,11 @@ def summarize(modules: list[Row]) -> dict[str, list[Row]]:
             row["dynamics/allocation"] = share
     final_shares = [row["dynamics/allocation"] for row in final_rows]
     tables: dict[str, list[Row]] = {"overall": [], "kinds": [], "layers": []}
-    for step, rows in by_step.items():
+    per_step = straightness if straightness is not None else [{} for _ in steps]
+    for (step, rows), extra in zip(by_step.items(), per_step, strict=True):
         head = {"step": step, "progress": rows[0]["progress"]}
         spearman_value = spearman([row["dynamics/allocation"] for row in rows], final_shares)
-        tables["overall"].append(_overall_row(head, rows, keys, spearman_value))
+        tables["overall"].append({**_overall_row(head, rows, keys, spearman_value), **extra})
         tables["kinds"].extend(_kind_rows(head, rows, keys))
         tables["layers"].extend(_layer_rows(head, rows, keys))
     return tables
