@@ -7,9 +7,15 @@ constants are the threshold below and how many kinds and layers to name.
     how concentrated         the share of ‖ΔW‖_F² in the top-k singular directions (mean matrix)
     how early                the first checkpoint whose alignment with the final update (and
                              whose update shares' rank correlation with the final ones) is >= 0.9
+    how straight             the median cosine between consecutive update segments and the
+                             sharpest turn; the share of the final update's length along the
+                             first checkpoint's update direction
 """
 
 from __future__ import annotations
+
+import math
+import statistics
 
 from foresight.dynamics.labels import fmt, kind_name, percent
 
@@ -18,6 +24,9 @@ Row = dict[str, object]
 SETTLED = 0.9  # alignment (or Spearman) with the final checkpoint at which we call it "fixed"
 TOP_KINDS = 3
 TOP_LAYERS = 2
+# The trajectory's straightness (straightness.py).
+SEGMENT = "dynamics/segment_cosine"
+EARLY = "dynamics/early_direction_share"
 
 
 def findings(tables: dict[str, list[Row]]) -> str:
@@ -32,6 +41,7 @@ def findings(tables: dict[str, list[Row]]) -> str:
         _layers(_at_step(tables["layers"], final["step"])),
         _concentration(final),
         _direction(overall),
+        _straightness(overall),
     ]
     return " ".join(part for part in parts if part)
 
@@ -152,6 +162,42 @@ def _direction(overall: list[Row]) -> str:
                 f"{best['step']})."
             )
     return " ".join(sentences)
+
+
+def _straightness(overall: list[Row]) -> str:
+    """The trajectory's turns between checkpoints, and the first update direction's share."""
+    sentences = []
+    joints = [row for row in overall if row.get(SEGMENT) is not None]
+    if len(joints) == 1:
+        cosine = float(joints[0][SEGMENT])
+        sentences.append(
+            f"The two update segments meet at step {joints[0]['step']} with cosine "
+            f"{fmt(cosine)} (an angle of {_degrees(cosine)}; 1 would be a straight line)."
+        )
+    elif joints:
+        middle = statistics.median(float(row[SEGMENT]) for row in joints)
+        sharpest = min(joints, key=lambda row: float(row[SEGMENT]))
+        sentences.append(
+            f"Consecutive update segments meet at a median cosine of {fmt(middle)} (an angle of "
+            f"{_degrees(middle)}; 1 would be a straight line) over {len(joints)} checkpoints, the "
+            f"sharpest turn at step {sharpest['step']} (cosine {fmt(sharpest[SEGMENT])})."
+        )
+    earlier = [row for row in overall[:-1] if row.get(EARLY) is not None]
+    if earlier:
+        first = earlier[0]
+        share = float(first[EARLY])
+        where = f"step {first['step']} ({percent(first['progress'])} of the way through training)"
+        verb = "explains" if share >= 0 else "points against the final update and explains"
+        sentences.append(
+            f"The update's direction at {where} {verb} {percent(share)} of the final update's "
+            f"length (cosine {fmt(share)}: the final update's projection onto it; the part "
+            f"perpendicular to it is {percent(math.sqrt(max(0.0, 1 - share * share)))})."
+        )
+    return " ".join(sentences)
+
+
+def _degrees(cosine: float) -> str:
+    return f"{fmt(math.degrees(math.acos(max(-1.0, min(1.0, cosine)))))}°"
 
 
 def _series(items: list[str]) -> str:

@@ -36,6 +36,8 @@ FAMILY_METRICS = {
     "sparsity_rel": ("dynamics/sparsity_rel_", "share of entries with |ΔW| < c × RMS(W_base)"),
     "overlap": ("dynamics/overlap_top", "top-k subspace overlap with final"),
 }
+# The whole trajectory's straightness (straightness.py), one value per checkpoint.
+STRAIGHTNESS = ("dynamics/segment_cosine", "dynamics/early_direction_share")
 # Embedding-swap variants (probes.py) as the bar labels say them.
 VARIANT_NAMES = {
     "final_base_embedding": "final with\nbase embeddings",
@@ -65,6 +67,9 @@ def make_figures(tables: Tables, fig_dir: Path) -> list[str]:
         keys = [key for key in overall[0] if key.startswith(prefix)] if overall else []
         if any(_column(overall, key) for key in keys):
             stems.append(_family_metric(overall, layers, name, keys, label, fig_dir))
+    # The final checkpoint's early share is 1 by definition: drawn alone it would say nothing.
+    if any(_column(overall[:-1], key) for key in STRAIGHTNESS):
+        stems.append(_straightness_figure(overall, fig_dir))
     stems += _allocation_figures(overall, kinds, layers, fig_dir)
     if _column(tables.get("trajectory", []), "dynamics/pca_pc1"):
         stems.append(_trajectory_figure(tables["trajectory"], fig_dir))
@@ -142,6 +147,23 @@ def _family_metric(
     _per_layer(right, layers, keys[-1])
     right.set_title(f"per layer: {short_label(keys[-1])}")
     return _save(fig, fig_dir, f"family_{name}")
+
+
+def _straightness_figure(overall: list[Row], fig_dir: Path) -> str:
+    """Both straightness measures against progress on one axis: each is a cosine, 1 = straight."""
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    for key, style in zip(STRAIGHTNESS, ("-o", "-s"), strict=True):
+        x, y = _xy(overall, "progress", key)
+        if x:
+            ax.plot(x, y, style, ms=4, label=short_label(key))
+    ax.set_xlabel("training progress (step / final step)")
+    ax.set_ylabel("cosine (attention + MLP matrices as one vector)", fontsize=8)
+    ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1.05)
+    _legend_outside(ax)
+    return _save(fig, fig_dir, "straightness")
 
 
 def _allocation_figures(

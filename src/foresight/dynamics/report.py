@@ -78,6 +78,16 @@ EXPLANATIONS = {
             "possible."
         ),
     ),
+    "straightness": (
+        "How straight the trajectory is",
+        (
+            "Circles: the cosine between the update segment that ends at a checkpoint and the one"
+            " that starts there (1 = training went straight on; none at the final checkpoint); "
+            "squares: the final update's projection onto each checkpoint's update direction, as a "
+            "share of its length (1 by definition at the final checkpoint). Both treat the "
+            "attention and MLP matrices, the tensors EffOPD extrapolates, as one vector."
+        ),
+    ),
     "family_energy": (
         "Energy in the top-k directions",
         (
