@@ -289,7 +289,9 @@ class LogConfig(Section):
         if not isinstance(raw, dict) or "tensorboard" not in (raw.get("report_to") or []):
             return raw
         if raw.get("tensorboard") is False:
-            raise ValueError("log.report_to lists tensorboard but log.tensorboard is false; pick one")
+            raise ValueError(
+                "log.report_to lists tensorboard but log.tensorboard is false; pick one"
+            )
         others = [name for name in raw["report_to"] if name != "tensorboard"]
         return {**raw, "report_to": others, "tensorboard": True}
 
