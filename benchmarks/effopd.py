@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-from foresight.cli import quiet_libraries
 from foresight.config import load_config
-from foresight.log import read_metrics
+from foresight.log import library_verbosity, read_metrics
 from foresight.models import load_model, load_tokenizer
 from foresight.tasks import load_task
 from foresight.train.evaluate import evaluate
@@ -209,7 +208,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2.5e-4, help="the 1x learning rate")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     args = parser.parse_args()
-    quiet_libraries()
+    library_verbosity()
     results, all_curves = [], {}
     for task in args.tasks:
         config = Path("configs") / ("demo.yaml" if task == "arith" else f"{task}.yaml")
