@@ -29,7 +29,7 @@ import torch
 import transformers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from foresight.cli import quiet_libraries
+from foresight.log import library_verbosity
 from foresight.config import Config
 from foresight.models import DTYPES, MODEL_SIZES, build_char_tokenizer
 from foresight.tasks import TASKS
@@ -272,7 +272,7 @@ def main() -> None:
     plan = SMOKE_PLAN if args.smoke else GPU_PLAN
     if args.smoke:
         torch.set_num_threads(1)  # tiny matrices: a thread pool only adds stalls on a busy CPU
-    quiet_libraries()
+    library_verbosity()
     device = torch.cuda.get_device_name() if plan.device == "cuda" else platform.machine()
     print(f"device {device}   torch {torch.__version__}   transformers {transformers.__version__}")
     peaks = {name: matmul_peak(plan.mm_size, DTYPES[name], plan.device) for name in DTYPES}

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 import foresight.train.loop as train_module
-from foresight.cli import quiet_libraries
+from foresight.log import library_verbosity
 from foresight.config import load_config
 from foresight.models import count_parameters
 from foresight.train.loop import train_step
@@ -345,7 +345,7 @@ def main() -> None:
         help="alternate steps with the student's attention as the library's plain SDPA",
     )
     args = parser.parse_args()
-    quiet_libraries()
+    library_verbosity()
     torch.set_num_threads(args.threads)
     rates = {"float32": mm_rate(torch.float32), "bfloat16": mm_rate(torch.bfloat16)}
     result = measure(
