@@ -79,15 +79,14 @@ def run_one(
     return run_dir
 
 
-def teacher_accuracy(config: Path) -> float:
-    """The teacher's greedy accuracy on the same validation prompts the runs are evaluated on."""
-    cfg = load_config(config)
-    task = load_task(cfg.task)
-    teacher = load_model(cfg.model.teacher, "teacher")
+def val_accuracy(config: Path, overrides: list[str], role: str) -> float:
+    """Greedy accuracy of the base student or the teacher on the runs' validation prompts."""
+    cfg = load_config(config, overrides)
+    name = cfg.model.student if role == "student" else cfg.model.teacher
     scores = evaluate(
-        teacher,
-        load_tokenizer(cfg.model.teacher, "teacher"),
-        task,
+        load_model(name, role),
+        load_tokenizer(name, role),
+        load_task(cfg.task),
         cfg.eval.split,
         cfg.eval.n_prompts,
         cfg.rollout.max_new_tokens,
@@ -228,7 +227,7 @@ def main() -> None:
                 )
         base = curves["opd@1x"][args.seeds[0]][0]["accuracy"]  # step-0 eval: greedy, seed-free
         results.append(
-            summarize(task, curves, accepted, base, teacher_accuracy(config), args.seeds)
+            summarize(task, curves, accepted, base, val_accuracy(config, [], "teacher"), args.seeds)
         )
         all_curves[task] = curves
     markdown = "".join(table(r, args.seeds) + "\n" for r in results)

@@ -32,13 +32,10 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from effopd import KL, PAPER, curve  # benchmarks/effopd.py, next to this file
+from effopd import KL, PAPER, curve, val_accuracy  # benchmarks/effopd.py, next to this file
 
 from foresight.config import load_config
 from foresight.log import library_verbosity, read_metrics
-from foresight.models import load_model, load_tokenizer
-from foresight.tasks import load_task
-from foresight.train.evaluate import evaluate
 from foresight.train.loop import train
 
 METHODS = {"opd": [], "effopd-paper": PAPER, "effopd-kl": KL}
@@ -54,23 +51,6 @@ def common_overrides(args: argparse.Namespace) -> list[str]:
         "log.progress=false",
         "log.tensorboard=false",
     ]
-
-
-def val_accuracy(config: Path, overrides: list[str], role: str) -> float:
-    """Greedy accuracy of the base student or the teacher on the runs' validation prompts."""
-    cfg = load_config(config, overrides)
-    name = cfg.model.student if role == "student" else cfg.model.teacher
-    scores = evaluate(
-        load_model(name, role),
-        load_tokenizer(name, role),
-        load_task(cfg.task),
-        cfg.eval.split,
-        cfg.eval.n_prompts,
-        cfg.rollout.max_new_tokens,
-        cfg.eval.batch_size,
-        sampled=False,
-    )
-    return scores["eval/accuracy"]
 
 
 def fix_targets(config: Path, args: argparse.Namespace) -> dict:
