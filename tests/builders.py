@@ -20,6 +20,17 @@ MICRO = dict(
     head_dim=16,
 )
 
+# A smaller shape for tests that build models in memory from a config (vocabulary of 32 ids).
+NANO = dict(
+    vocab_size=32,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=8,
+)
+
 
 def save_micro_model(
     folder: Path, seed: int, alphabet: str | None = None, sharpen: float = 1.0

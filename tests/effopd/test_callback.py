@@ -18,6 +18,7 @@ import datasets
 import pytest
 import torch
 import trl
+from builders import NANO
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -41,15 +42,6 @@ STEPS = 4  # searches at 1, 2, 4
 # every candidate is rejected.
 LEARNING_RATE = 1e-3
 MAX_NEW_TOKENS = 12
-TINY = {
-    "vocab_size": 32,
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "head_dim": 8,
-}
 
 
 class WeightProbe(TrainerCallback):
@@ -296,7 +288,7 @@ def test_a_resumed_trl_run_searches_exactly_as_an_uninterrupted_one(micro_pair, 
 def searched_effopd(cfg: EffOPDConfig = EFFOPD) -> EffOPD:
     """An EffOPD on a tiny random model after one search (scripted scores: m = 0.5 accepted)."""
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(**TINY))
+    model = Qwen3ForCausalLM(Qwen3Config(**NANO))
 
     def validator(step):
         scores = iter([0.1, 0.2, 0.15])

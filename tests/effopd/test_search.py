@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders import micro_config
+from builders import NANO, micro_config
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
@@ -21,22 +21,12 @@ from foresight.log import read_metrics
 from foresight.models import load_model
 from foresight.train.loop import train
 
-SIZES = {
-    "vocab_size": 32,
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "head_dim": 8,
-}
-
 
 def tiny(family: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if family == "llama":
-        return LlamaForCausalLM(LlamaConfig(**SIZES))
-    return Qwen3ForCausalLM(Qwen3Config(**SIZES))
+        return LlamaForCausalLM(LlamaConfig(**NANO))
+    return Qwen3ForCausalLM(Qwen3Config(**NANO))
 
 
 def selected_parameters(model: torch.nn.Module, kinds: list[str]) -> dict[str, torch.nn.Parameter]:
@@ -76,7 +66,7 @@ def test_module_filter_takes_attention_and_mlp_weights_only(family):
     names = sorted(extrapolated_names(tiny(family), EffOPDConfig().modules))
     leaves = {n.split(".")[-2] for n in names}
     assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert len(names) == 7 * SIZES["num_hidden_layers"]
+    assert len(names) == 7 * NANO["num_hidden_layers"]
     assert not any("embed" in n or "lm_head" in n or "norm" in n for n in names)
 
 
