@@ -89,7 +89,9 @@ def run_one(config: Path, args: argparse.Namespace, method: str, lr: float, seed
         f"train.seed={seed}",
         f"train.steps={args.steps}",
         f"train.out_dir={run_dir}",
-        f"train.checkpoint_every={args.steps}",
+        # Plain OPD keeps a checkpoint series (--checkpoint-every) for `foresight analyze`'s
+        # straightness signal; the EffOPD runs keep only their last step.
+        f"train.checkpoint_every={(args.checkpoint_every or args.steps) if method == 'opd' else args.steps}",
         "train.checkpoint_at=[]",
         f"eval.every={args.every}",
         *common_overrides(args),
@@ -311,6 +313,12 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10, help="evaluate every N steps")
     parser.add_argument("--n-prompts", type=int, default=128, help="validation prompts per eval")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="plain OPD's checkpoint cadence, for foresight analyze (default: the last step only)",
+    )
     parser.add_argument("--summarize-only", action="store_true", help="no new runs")
 
     args = parser.parse_args()

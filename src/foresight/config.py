@@ -380,17 +380,24 @@ class DynamicsConfig(Section):
 
 class EffOPDConfig(Section):
     enabled: bool = Field(False, description="Run the EffOPD extrapolation search during training.")
-    schedule: Literal["pow2", "every"] = Field(
+    schedule: Literal["pow2", "every", "straight"] = Field(
         "pow2",
-        description="pow2: search after steps 1, 2, 4, 8, ... (paper); every: every N steps.",
+        description="pow2: search after steps 1, 2, 4, 8, ... (paper); every: every N steps; "
+        "straight: every N steps when the last two N-step segments of Δ have cosine >= min_cosine.",
     )
-    every: int = Field(8, ge=1, description="N of the 'every' schedule.")
+    every: int = Field(8, ge=1, description="N of the 'every' and 'straight' schedules.")
+    min_cosine: float = Field(
+        0.5, ge=-1, le=1, description="The 'straight' schedule's cosine threshold."
+    )
     multipliers: list[float] = Field(
         [2.0, 4.0, 6.0, 8.0, 10.0], description="Candidates W_t + m·Δ tried in order (paper: 2k)."
     )
     accept: Literal["ge", "gt"] = Field(
         "ge",
         description="Accept when the score is >= (paper) or > (official code) the best so far.",
+    )
+    min_gain: float = Field(
+        0.0, ge=0, description="A candidate must beat the best score by this much (paper: 0)."
     )
     signal: Literal["accuracy", "kl"] = Field(
         "accuracy",

@@ -312,6 +312,15 @@ def test_saved_state_round_trips_and_refuses_what_does_not_belong(tmp_path):
     assert load_state(tmp_path, 3, fresh) == {"effopd/accepted_multiplier": 0.5}
     assert fresh.history == effopd.history  # the multipliers are floats again
     assert all(torch.equal(fresh.anchor[n], t) for n, t in effopd.anchor.items())
+    assert fresh.previous is None  # none saved: the pow2 schedule keeps no segment
+
+    # The 'straight' schedule's last segment travels in the same file and comes back by name.
+    effopd.previous = {name: tensor + 1 for name, tensor in effopd.anchor.items()}
+    save_state(tmp_path, 3, effopd, {})
+    load_state(tmp_path, 3, fresh)
+    assert fresh.previous.keys() == effopd.previous.keys()
+    assert all(torch.equal(fresh.previous[n], t) for n, t in effopd.previous.items())
+    assert all(torch.equal(fresh.anchor[n], t) for n, t in effopd.anchor.items())
 
     with pytest.raises(UserError, match="does not belong"):
         load_state(tmp_path, 4, fresh)  # another step

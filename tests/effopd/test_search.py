@@ -55,7 +55,13 @@ def test_trigger_schedules():
     assert [s for s in range(1, 40) if is_search_step(pow2, s)] == [1, 2, 4, 8, 16, 32]
     every = EffOPDConfig(schedule="every", every=5)
     assert [s for s in range(1, 16) if is_search_step(every, s)] == [5, 10, 15]
-    for cfg in (pow2, every):  # the next trigger after each step, against a search forward
+    straight = EffOPDConfig(schedule="straight", every=5)  # checks; each may search
+    assert [s for s in range(1, 16) if is_search_step(straight, s)] == [5, 10, 15]
+    for cfg in (
+        pow2,
+        every,
+        straight,
+    ):  # the next trigger after each step, against a search forward
         for step in range(40):
             expected = next(s for s in range(step + 1, 100) if is_search_step(cfg, s))
             assert next_search_step(cfg, step) == expected
@@ -134,6 +140,66 @@ def test_acceptance_rules_on_a_tie(rule, accepted):
     assert effopd.on_step_end(4, model)["effopd/accepted_multiplier"] == accepted
 
 
+@pytest.mark.parametrize(
+    "rule, scores, accepted",
+    [
+        ("ge", [0.5, 0.53125, 0.75], 0.0),  # +1/32 is under the minimum effect: nothing accepted
+        ("ge", [0.5, 0.5625, 0.625, 0.65625], 4.0),  # +1/16 twice, then +1/32 stops the search
+        ("gt", [0.5, 0.5625, 0.75], 0.0),  # strict: exactly the minimum is not enough
+    ],
+)
+def test_a_candidate_must_beat_the_best_score_by_min_gain(rule, scores, accepted):
+    model, anchor = moved_model()
+    # min_gain and the scores are multiples of 1/32, exact in binary, so that each sum and
+    # difference here is exact and the boundary cases test the rule, not rounding.
+    cfg = EffOPDConfig(accept=rule, min_gain=0.0625)
+    effopd = effopd_of(model, scripted_validator(scores), cfg)
+    effopd.anchor = anchor
+    assert effopd.on_step_end(1, model)["effopd/accepted_multiplier"] == accepted
+
+
+def walk(effopd: EffOPD, directions: list[dict[str, torch.Tensor]], model) -> list[dict]:
+    """Move the selected weights by directions[i] before step i + 1, calling the hook after each."""
+    stats = []
+    for step, direction in enumerate(directions, start=1):
+        with torch.no_grad():
+            for name, param in effopd.params.items():
+                param.add_(direction[name])
+        stats.append(effopd.on_step_end(step, model))
+    return stats
+
+
+def test_straight_schedule_searches_only_when_the_last_two_segments_agree():
+    model = tiny("qwen3")
+    cfg = EffOPDConfig(schedule="straight", every=2, min_cosine=0.5, multipliers=[1.0])
+    effopd = effopd_of(model, scripted_validator([0.5, 0.6]), cfg)  # always accepts m = 1
+    names = list(effopd.params)
+    generator = torch.Generator().manual_seed(0)
+    fixed = {n: 1e-3 * torch.randn(p.shape, generator=generator) for n, p in effopd.params.items()}
+    turn = {n: 1e-3 * torch.randn(p.shape, generator=generator) for n, p in effopd.params.items()}
+    half = {n: 0.5 * fixed[n] + turn[n] for n in names}  # a segment that turns away from `fixed`
+    before = snapshot(effopd.params)
+    stats = walk(effopd, [fixed, fixed, fixed, fixed, half, half], model)
+    # Step 2: the first check, with nothing to compare: no search, the anchor moves to W_2.
+    assert stats[1] == {}
+    # Step 4: segment 2·fixed against segment 2·fixed: cosine 1, so it searched and accepted m = 1.
+    assert stats[3]["effopd/segment_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert stats[3]["effopd/accepted_multiplier"] == 1.0
+    # Step 6: segment (fixed + 2·turn) against 2·fixed; the cosine is the float64 brute force of the
+    # two flat vectors, and it is under 0.5, so no search ran.
+    a = torch.cat([(fixed[n] + 2 * turn[n]).double().flatten() for n in names])
+    b = torch.cat([(2 * fixed[n]).double().flatten() for n in names])
+    expected = float(a @ b / (a.norm() * b.norm()))
+    # The segment is read back from float32 weights: each entry carries about 1e-7 relative
+    # rounding of |W| ~ 0.02 against steps ~ 1e-3, so the cosine agrees to about 1e-4.
+    assert stats[5] == {"effopd/segment_cosine": pytest.approx(expected, abs=1e-4)}
+    assert expected < 0.5 and len(effopd.history) == 1
+    # The weights: 4 fixed steps, then the accepted jump of m = 1 (another 2·fixed), then 2 half.
+    for name, param in effopd.params.items():
+        moved = 6 * fixed[name] + 2 * half[name]
+        torch.testing.assert_close(param.detach(), before[name] + moved, rtol=0, atol=1e-6)
+
+
 def test_non_trigger_steps_do_nothing():
     model, _ = moved_model()
     effopd = effopd_of(model, scripted_validator([]))
@@ -148,10 +214,24 @@ def effopd_rows(run_dir):
     }
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {},
+        # Checks every step and always searches after the first (the segment is in the state).
+        {"schedule": "straight", "every": 1, "min_cosine": -1.0},
+    ],
+)
 def test_anchor_is_checkpointed_and_a_resumed_run_matches_an_uninterrupted_one(
-    micro_pair, tmp_path
+    micro_pair, tmp_path, schedule
 ):
-    effopd = {"enabled": True, "signal": "kl", "n_prompts": 8, "multipliers": [1.0, 2.0]}
+    effopd = {
+        "enabled": True,
+        "signal": "kl",
+        "n_prompts": 8,
+        "multipliers": [1.0, 2.0],
+        **schedule,
+    }
     train(micro_config(*micro_pair, tmp_path / "full", train={"steps": 4}, effopd=effopd))
     train(micro_config(*micro_pair, tmp_path / "split", train={"steps": 3}, effopd=effopd))
     state = load_trainer_state(tmp_path / "split" / "checkpoints" / "step-000003")
@@ -164,7 +244,9 @@ def test_anchor_is_checkpointed_and_a_resumed_run_matches_an_uninterrupted_one(
     )
     # ‖W_4 − anchor‖ at the step-4 search depends on the anchor restored from the checkpoint.
     assert effopd_rows(tmp_path / "split") == effopd_rows(tmp_path / "full")
-    assert sorted(effopd_rows(tmp_path / "full")) == [1, 2, 4]
+    assert sorted(effopd_rows(tmp_path / "full")) == ([2, 3, 4] if schedule else [1, 2, 4])
+    if schedule:  # the segment the step-4 check compares against came from the checkpoint
+        assert set(state["effopd"]["previous"]) == set(state["effopd"]["anchor"])
     expected = load_file(tmp_path / "full" / "checkpoints" / "step-000004" / "model.safetensors")
     got = load_file(tmp_path / "split" / "checkpoints" / "step-000004" / "model.safetensors")
     assert all(torch.equal(expected[n], got[n]) for n in expected)

@@ -3,8 +3,9 @@ search after the optimizer step at the trigger steps and keeps its state in the 
 checkpoints, so that a resumed run searches exactly as an uninterrupted one.
 
 When the trainer saves checkpoint-N/, the callback writes into it the anchor
-(effopd_anchor.safetensors) and, as JSON (effopd_state.json), the search history, the step, the next
-search step, the EffOPD config, the search metrics not yet logged, and the anchor file's SHA-256.
+(effopd_anchor.safetensors, with the 'straight' schedule's last segment under a prefix) and, as
+JSON (effopd_state.json), the search history, the step, the next search step, the EffOPD config,
+the search metrics not yet logged, and the anchor file's SHA-256.
 
 The search keeps no random state of its own: each search samples from a seed made of (seed, step)
 (validators.py), under a forked RNG, so there is none to save.
@@ -33,6 +34,7 @@ from foresight.errors import UserError
 
 ANCHOR_FILE = "effopd_anchor.safetensors"
 STATE_FILE = "effopd_state.json"
+PREVIOUS = "previous_segment:"  # prefix of the 'straight' schedule's segment in ANCHOR_FILE
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -47,7 +49,8 @@ def _replace(path: Path, data: bytes) -> None:
 
 def save_state(folder: Path, step: int, effopd: EffOPD, pending: dict[str, float]) -> None:
     """Write EffOPD's state after `step` into the checkpoint `folder` (which must exist)."""
-    anchor = save_tensors(effopd.anchor)
+    previous = effopd.previous or {}  # the 'straight' schedule's last segment, under a prefix
+    anchor = save_tensors(effopd.anchor | {PREVIOUS + n: t for n, t in previous.items()})
     _replace(folder / ANCHOR_FILE, anchor)
     state = {
         "step": step,
@@ -81,13 +84,16 @@ def load_state(folder: Path, step: int, effopd: EffOPD) -> dict[str, float]:
             f"{folder} was saved with EffOPD settings {saved_cfg.model_dump()} but this run has "
             f"{effopd.cfg.model_dump()}; resume with the same EffOPDConfig."
         )
-    anchor = load_tensors(anchor_bytes)
-    if anchor.keys() != effopd.params.keys():
+    tensors = load_tensors(anchor_bytes)
+    anchor = {n: t for n, t in tensors.items() if not n.startswith(PREVIOUS)}
+    previous = {n[len(PREVIOUS) :]: t for n, t in tensors.items() if n.startswith(PREVIOUS)}
+    if anchor.keys() != effopd.params.keys() or previous.keys() - anchor.keys():
         raise UserError(
             f"The EffOPD anchor in {folder} holds other tensors than this run extrapolates; "
             "resume with the same model and extrapolated modules."
         )
-    effopd.load_state_dict({"anchor": anchor, "history": [_record(r) for r in state["history"]]})
+    history = [_record(r) for r in state["history"]]
+    effopd.load_state_dict({"anchor": anchor, "previous": previous or None, "history": history})
     return state["pending"]
 
 

@@ -10,6 +10,8 @@ on the whole; only the norm needs a sum over ranks.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
@@ -58,13 +60,30 @@ def write_candidate(
         local(param).copy_(w_t + multiplier * (w_t - anchor[name]))
 
 
+def inner(params: dict[str, torch.nn.Parameter], a: Weights, b: Weights) -> float:
+    """Σ over the selected tensors of ⟨a, b⟩, summed in float64 (over ranks under FSDP2)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for name in a:
+        total += (a[name].double() * b[name].double()).sum().cpu()
+    if any(isinstance(p, DTensor) for p in params.values()):  # the shards' sums, summed
+        summed = total.to(next(iter(params.values())).device)
+        dist.all_reduce(summed)
+        total = summed.cpu()
+    return float(total)
+
+
+def difference(current: Weights, anchor: Weights) -> Weights:
+    """Δ = current − anchor, per tensor."""
+    return {name: current[name] - anchor[name] for name in current}
+
+
 def update_norm(params: dict[str, torch.nn.Parameter], current: Weights, anchor: Weights) -> float:
     """‖Δ‖_F over all selected tensors: how far training moved since the anchor."""
-    squares = torch.zeros((), dtype=torch.float64)
-    for name in current:
-        squares += ((current[name] - anchor[name]).double() ** 2).sum().cpu()
-    if any(isinstance(p, DTensor) for p in params.values()):  # the shards' squares, summed
-        total = squares.to(next(iter(params.values())).device)
-        dist.all_reduce(total)
-        squares = total.cpu()
-    return float(torch.sqrt(squares))
+    delta = difference(current, anchor)
+    return math.sqrt(inner(params, delta, delta))
+
+
+def cosine(params: dict[str, torch.nn.Parameter], a: Weights, b: Weights) -> float:
+    """cos(a, b) over all selected tensors as one flat vector; 0 when either is zero."""
+    norms = math.sqrt(inner(params, a, a) * inner(params, b, b))
+    return inner(params, a, b) / norms if norms > 0 else 0.0

@@ -5,6 +5,11 @@ try W_t + m·Δ for m in the candidate list, in order; accept while the validati
 (>=, or strict > as in the official code), stop at the first failure; keep the last accepted weights
 (or W_t if none). The anchor then becomes the kept weights. The optimizer state is not touched.
 
+Two variants studied against the published rule (docs/effopd.md): `min_gain`, a minimum effect a
+candidate must add to the best score (with the validators' common random numbers, a paired
+comparison), so that ties and noise alone accept nothing; and the 'straight' schedule, which checks
+every N steps and searches only when the last two N-step segments of Δ point the same way.
+
 A leaf: it takes the model, the names of the tensors to extrapolate and a validator, and imports
 nothing from the trainer. `foresight train` calls `on_step_end(step, model)`; `EffOPDCallback`
 (callback.py) adapts it to Hugging Face trainers (transformers.Trainer, TRL).
@@ -19,15 +24,27 @@ from typing import Any
 import torch
 
 from foresight.config import EffOPDConfig
-from foresight.effopd.extrapolate import snapshot, update_norm, write, write_candidate
+from foresight.effopd.extrapolate import (
+    Weights,
+    cosine,
+    difference,
+    snapshot,
+    update_norm,
+    write,
+    write_candidate,
+)
 from foresight.errors import UserError
 
 # validator(step) -> score(model) for the search at `step`; higher is better. A search scores W_t
 # first, then each candidate; a validator may fix per-search data (completions to score, a seed).
 Validator = Callable[[int], Callable[[torch.nn.Module], float]]
 
+# The entries of `EffOPD.state_dict()` that hold weight-shaped tensors by parameter name.
+TENSOR_STATES = ("anchor", "previous")
+
 
 def is_search_step(cfg: EffOPDConfig, step: int) -> bool:
+    """A trigger step: a search (pow2, every) or a straightness check that may search (straight)."""
     if cfg.schedule == "pow2":
         return step >= 1 and step & (step - 1) == 0
     return step % cfg.every == 0
@@ -55,26 +72,45 @@ class EffOPD:
         params = dict(model.named_parameters())
         self.params = {name: params[name] for name in names}
         self.anchor = snapshot(self.params)
+        # schedule 'straight': the segment Δ of the last check, against which the next one is
+        # compared (None before the first check).
+        self.previous: Weights | None = None
         self.history: list[dict[str, Any]] = []
 
     def on_step_end(self, step: int, model: torch.nn.Module) -> dict[str, float]:
-        """Search if `step` is a trigger step; return the metrics to log (empty otherwise)."""
+        """Search if `step` is a trigger step; return the metrics to log (empty otherwise).
+
+        With schedule 'straight' the anchor moves to W_t at every check, so Δ is the last segment
+        of `every` steps, and the search runs only when cos(Δ, previous Δ) >= min_cosine."""
         if not is_search_step(self.cfg, step):
             return {}
+        current = snapshot(self.params)
+        if self.cfg.schedule != "straight":
+            return self._search(step, model, current)
+        segment = difference(current, self.anchor)
+        previous, self.previous = self.previous, segment
+        if previous is None:
+            self.anchor = current
+            return {}
+        straightness = cosine(self.params, segment, previous)
+        if straightness < self.cfg.min_cosine:
+            self.anchor = current
+            return {"effopd/segment_cosine": straightness}
+        return self._search(step, model, current) | {"effopd/segment_cosine": straightness}
+
+    def _search(self, step: int, model: torch.nn.Module, current: Weights) -> dict[str, float]:
+        """Try W_t + m·(W_t − anchor) for each m in order; keep the last accepted (or W_t)."""
         started = time.perf_counter()
         was_training = model.training
         model.eval()
         score = self.validator(step)
-        current = snapshot(self.params)
         initial = best = score(model)
         accepted, scores = 0.0, {}
         for multiplier in self.cfg.multipliers:
             write_candidate(self.params, current, self.anchor, multiplier)
             scores[multiplier] = score(model)
-            better = (
-                scores[multiplier] >= best if self.cfg.accept == "ge" else scores[multiplier] > best
-            )
-            if not better:
+            gain = scores[multiplier] - best - self.cfg.min_gain
+            if not (gain >= 0 if self.cfg.accept == "ge" else gain > 0):
                 break
             best, accepted = scores[multiplier], multiplier
         if accepted:
@@ -105,8 +141,11 @@ class EffOPD:
         return stats
 
     def state_dict(self) -> dict[str, Any]:
-        return {"anchor": self.anchor, "history": self.history}
+        state = {"anchor": self.anchor, "history": self.history}
+        return state if self.previous is None else state | {"previous": self.previous}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor = {name: tensor.clone() for name, tensor in state["anchor"].items()}
+        previous = state.get("previous")
+        self.previous = None if previous is None else {n: t.clone() for n, t in previous.items()}
         self.history = list(state["history"])

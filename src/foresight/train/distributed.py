@@ -39,6 +39,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from foresight.checkpoint import save_checkpoint
 from foresight.config import Config
+from foresight.effopd.search import TENSOR_STATES
 from foresight.errors import UserError
 
 
@@ -182,10 +183,14 @@ class Distributed:
         weights = get_model_state_dict(model, options=options)
         by_name = get_optimizer_state_dict(model, optimizer, options=options)
         state = {"optimizer": _by_index(by_name, _optimizer_names(model, optimizer)), **state}
-        if "effopd" in state:
+        if "effopd" in state:  # its anchor (and 'straight' segment) gathered from the shards
             params = dict(model.named_parameters())
-            anchor = {n: _full(params[n], shard) for n, shard in state["effopd"]["anchor"].items()}
-            state["effopd"] = {**state["effopd"], "anchor": anchor}
+            state["effopd"] = {
+                key: {n: _full(params[n], shard) for n, shard in value.items()}
+                if key in TENSOR_STATES
+                else value
+                for key, value in state["effopd"].items()
+            }
         if self.main:
             with _plain_class(model):
                 save_checkpoint(run_dir, step, model, tokenizer, cfg, state, weights)
@@ -207,18 +212,19 @@ class Distributed:
         options = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(model, optimizer, by_name, options=options)
 
-    def local_anchor(self, model, anchor: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A checkpoint's full EffOPD anchor cut to this rank's shards (on the CPU)."""
+    def local_weights(self, model, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full tensors named like parameters (EffOPD's saved anchor) cut to this rank's shards
+        (on the CPU)."""
         if not is_sharded(model):
-            return anchor
+            return full
         params = dict(model.named_parameters())
         return {
             name: distribute_tensor(
-                full.to(params[name].device), params[name].device_mesh, params[name].placements
+                whole.to(params[name].device), params[name].device_mesh, params[name].placements
             )
             .to_local()
             .cpu()
-            for name, full in anchor.items()
+            for name, whole in full.items()
         }
 
 

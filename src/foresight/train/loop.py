@@ -29,7 +29,7 @@ from foresight.checkpoint import (
 )
 from foresight.config import Config
 from foresight.effopd.extrapolate import extrapolated_names
-from foresight.effopd.search import EffOPD
+from foresight.effopd.search import TENSOR_STATES, EffOPD
 from foresight.errors import UserError
 from foresight.log import RunLogger, check_trackers
 from foresight.run_folder import RunLock, holds_only_lock
@@ -260,8 +260,13 @@ def restore(t: Trainer, effopd: EffOPD | None, checkpoint: Path) -> None:
     t.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     if effopd is not None:
-        effopd.load_state_dict(state["effopd"])
-        effopd.anchor = t.dist.local_anchor(t.student, effopd.anchor)
+        saved = state["effopd"]
+        effopd.load_state_dict(
+            {
+                key: t.dist.local_weights(t.student, value) if key in TENSOR_STATES else value
+                for key, value in saved.items()
+            }
+        )
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
