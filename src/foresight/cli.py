@@ -177,13 +177,23 @@ def compare_(
         bool, typer.Option(help="1 seed, short runs (compare.quick): minutes on a CPU.")
     ] = False,
     set_: SetOption = [],
+    lr_scales: Annotated[
+        str | None,
+        typer.Option(
+            help="Learning-rate regimes: comma-separated multipliers of every method's lr, e.g. "
+            "1,0.1; one full comparison each and a claims table with a column per regime."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete the comparison's folder first.")] = False,
     quiet: QuietFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
     """Train OPD, RL and SFT from one base over seeds, analyze them, report the paper's claims."""
+    from foresight.compare.plan import parse_lr_scales
     from foresight.compare.run import compare
 
+    if lr_scales is not None:  # after --set, so the option wins over a compare.lr_scales= there
+        set_ = [*set_, f"compare.lr_scales={parse_lr_scales(lr_scales)}"]
     with stage("compare"):
         compare(config, quick=quick, overrides=set_, overwrite=overwrite)
 

@@ -12,9 +12,15 @@ run) plus one `compare:` section:
         rl:  {lr: 1.0e-4, set: [rollout.group_size=8]}
         sft: {lr: 1.0e-3}            # SFT on cached teacher samples
       quick: {seeds: [0], steps: 40}  # what --quick changes
+      lr_scales: [1, 0.1]            # optional: learning-rate regimes, one full comparison each
 
 Every run gets the same prompts per step, the same step budget and the same checkpoint schedule:
 `early_checkpoints` checkpoints spread over the first 30% of training, then one every 10%.
+
+Learning-rate regimes: each scale multiplies every method's lr (after any `optim.lr` override),
+and the whole comparison (methods x seeds) runs once per scale. With the default `[1.0]` the runs
+sit in OUT/runs/<method>-s<seed>, as they always have; with any other list, each regime has its
+own folder, OUT/lr-x<scale>/runs/<method>-s<seed> (lr-x1, lr-x0.1, ...).
 """
 
 from __future__ import annotations
@@ -63,6 +69,12 @@ class CompareConfig(Section):
     methods: dict[Method, MethodSpec] = Field(description="The methods compared, by train.method.")
     probes: bool = Field(True, description="Run the functional probes on every run.")
     quick: QuickSpec = QuickSpec()
+    lr_scales: list[float] = Field(
+        [1.0],
+        min_length=1,
+        description="Learning-rate regimes: each multiplies every method's lr; the whole "
+        "comparison runs once per scale.",
+    )
 
     @model_validator(mode="after")
     def _needs_opd_and_another(self) -> CompareConfig:
@@ -70,6 +82,14 @@ class CompareConfig(Section):
             raise ValueError("compare.methods needs 'opd' and at least one of 'rl' and 'sft'")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("compare.seeds repeats a seed; list each seed once")
+        if bad := [scale for scale in self.lr_scales if scale <= 0]:
+            raise ValueError(
+                f"compare.lr_scales has {bad[0]:g}, but a learning-rate multiplier must be > 0; "
+                "list positive numbers such as [1, 0.1]"
+            )
+        # Compared by folder name: 0.1 and 0.1000001 would share lr-x0.1.
+        if len({regime_folder(s) for s in self.lr_scales}) != len(self.lr_scales):
+            raise ValueError("compare.lr_scales repeats a scale; list each scale once")
         return self
 
 
@@ -78,10 +98,30 @@ class PlannedRun:
     method: str
     seed: int
     cfg: Config
+    scale: float  # the learning-rate regime: cfg.optim.lr is the method's lr times this
+    regime_dir: Path  # the regime's folder: OUT itself with lr_scales [1.0], else OUT/lr-x<scale>
 
     @property
     def label(self) -> str:
         return f"{self.method}-s{self.seed}"
+
+
+def regime_folder(scale: float) -> str:
+    """The folder name of a learning-rate regime: lr-x1, lr-x0.1, lr-x1e-05."""
+    return f"lr-x{scale:g}"
+
+
+def parse_lr_scales(text: str) -> list[float]:
+    """The multipliers of `--lr-scales 1,0.1`; UserError unless each is a positive number."""
+    try:
+        scales = [float(part) for part in text.split(",")]
+    except ValueError:
+        scales = []
+    if not scales or not all(0 < scale < math.inf for scale in scales):
+        raise UserError(
+            f"--lr-scales takes comma-separated positive multipliers such as 1,0.1, not '{text}'."
+        )
+    return scales
 
 
 def checkpoint_schedule(steps: int, early: int) -> list[int]:
@@ -118,11 +158,12 @@ def split_compare_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_plan(
     path: Path, quick: bool = False, overrides: list[str] = ()
 ) -> tuple[CompareConfig, list[PlannedRun]]:
-    """The compare settings and every run's validated config, seed-major order.
+    """The compare settings and every run's validated config: regime-major, then seed-major.
 
     overrides (`a.b=value`) apply to every run, after the method's own settings (so
     `optim.lr=...` sets every method's rate); `compare.x=value` ones change the compare section.
-    Method, seed, steps, checkpoint schedule and run folder are the plan's and cannot be overridden.
+    Method, seed, steps, checkpoint schedule and run folder are the plan's and cannot be overridden;
+    each regime's scale multiplies the lr that results.
     """
     shared, raw_compare = split_compare_yaml(path)
     tree = {"compare": raw_compare}
@@ -140,26 +181,36 @@ def load_plan(
     out_dir = (
         compare.out_dir.with_name(compare.out_dir.name + "-quick") if quick else compare.out_dir
     )
+    user = [o for o in overrides if not o.startswith("compare.")]
     runs = []
-    for seed in seeds:
-        for method, spec in compare.methods.items():
-            raw = copy.deepcopy(shared)
-            # The plan's structure comes last: no override can move a run or change its method.
-            forced = [
-                f"train.method={method}",
-                f"train.seed={seed}",
-                f"train.steps={steps}",
-                f"train.checkpoint_every={steps}",
-                f"train.checkpoint_at={schedule}",
-                f"train.out_dir={out_dir / 'runs' / f'{method}-s{seed}'}",
-            ]
-            user = [o for o in overrides if not o.startswith("compare.")]
-            own = [*METHOD_DEFAULTS[method], f"optim.lr={spec.lr}", *spec.set, *extra]
-            for assignment in [*own, *user, *forced]:
-                apply_override(raw, assignment)
-            try:
-                cfg = Config.model_validate(raw)
-            except ValidationError as err:
-                raise UserError(describe_error(err, f"{path} ({method} runs)")) from None
-            runs.append(PlannedRun(method, seed, cfg))
+    for scale in compare.lr_scales:
+        # [1.0] keeps the layout of a comparison without regimes, so its folder stays valid.
+        regime_dir = out_dir if compare.lr_scales == [1.0] else out_dir / regime_folder(scale)
+        for seed in seeds:
+            for method, spec in compare.methods.items():
+                raw = copy.deepcopy(shared)
+                # The plan's structure comes last: no override can move a run or change its method.
+                forced = [
+                    f"train.method={method}",
+                    f"train.seed={seed}",
+                    f"train.steps={steps}",
+                    f"train.checkpoint_every={steps}",
+                    f"train.checkpoint_at={schedule}",
+                    f"train.out_dir={regime_dir / 'runs' / f'{method}-s{seed}'}",
+                ]
+                own = [*METHOD_DEFAULTS[method], f"optim.lr={spec.lr}", *spec.set, *extra]
+                for assignment in [*own, *user, *forced]:
+                    apply_override(raw, assignment)
+                cfg = _validate(raw, f"{path} ({method} runs)")
+                if scale != 1.0:  # the validated lr: a user's `optim.lr=1e-4` is a string in raw
+                    apply_override(raw, f"optim.lr={cfg.optim.lr * scale!r}")
+                    cfg = _validate(raw, f"{path} ({method} runs at lr x{scale:g})")
+                runs.append(PlannedRun(method, seed, cfg, scale, regime_dir))
     return compare.model_copy(update={"out_dir": out_dir}), runs
+
+
+def _validate(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(describe_error(err, source)) from None
