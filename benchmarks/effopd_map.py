@@ -74,13 +74,25 @@ def fix_targets(config: Path, args: argparse.Namespace) -> dict:
     path = args.out / "targets.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved["n_prompts"] == args.n_prompts and saved["task"] == args.task:
-            return saved
-        raise SystemExit(f"{path} was made with other settings; use another --out")
+        if saved["n_prompts"] != args.n_prompts or saved["task"] != args.task:
+            raise SystemExit(f"{path} was made with other settings; use another --out")
+        # --extra-fractions: more targets from the same base and teacher accuracy, recorded with
+        # the time they were added (after runs had been seen, unlike the first ones).
+        extra = {
+            _label(f): saved["base"] + f * (saved["teacher"] - saved["base"])
+            for f in args.extra_fractions
+            if _label(f) not in saved["targets"]
+        }
+        if extra:
+            saved["targets"] = dict(sorted((saved["targets"] | extra).items(), key=_fraction))
+            added = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            saved.setdefault("added", {}).update({label: added for label in extra})
+            path.write_text(json.dumps(saved, indent=1))
+        return saved
     overrides = common_overrides(args)
     base = val_accuracy(config, overrides, "student")
     teacher = val_accuracy(config, overrides, "teacher")
-    targets = {f"{int(f * 100)}%": base + f * (teacher - base) for f in FRACTIONS}
+    targets = {_label(f): base + f * (teacher - base) for f in FRACTIONS}
     saved = {
         "task": args.task,
         "n_prompts": args.n_prompts,
@@ -92,6 +104,14 @@ def fix_targets(config: Path, args: argparse.Namespace) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(saved, indent=1))
     return saved
+
+
+def _label(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _fraction(item: tuple[str, float]) -> float:
+    return float(item[0].rstrip("%"))
 
 
 def run_one(config: Path, args: argparse.Namespace, method: str, lr: float, seed: int) -> dict:
@@ -228,18 +248,28 @@ def summarize(runs: list[dict], targets: dict) -> dict:
                         not (mine[s][2] and reached[("opd", ref_lr, s)][2]) for s in paired
                     )
                 rows.append(row)
-        summary[label] = {"target": target, "best_plain_lr": best_lr, "rows": rows}
+        reached_by_plain = best_lr is not None and any(r[2] for r in plain[best_lr])
+        summary[label] = {
+            "target": target,
+            "best_plain_lr": best_lr,
+            "plain_reached": reached_by_plain,
+            "rows": rows,
+        }
     return summary
 
 
 def table(summary: dict, targets: dict, budget: int) -> str:
     lines = []
     for label, part in summary.items():
+        later = " (added after runs were seen)" if label in targets.get("added", {}) else ""
+        best = f"plain OPD's best lr for it: {part['best_plain_lr']:g}"
+        if not part["plain_reached"]:
+            best = "no plain OPD run reaches it (speedups against 'best lr' use the first lr)"
         lines += [
             (
-                f"### target {label} of the gap: accuracy {part['target']:.3f} (base "
-                f"{targets['base']:.3f}, teacher {targets['teacher']:.3f}); plain OPD's best lr "
-                f"for it: {part['best_plain_lr']:g}; budget {budget} steps"
+                f"### target {label} of the gap{later}: accuracy {part['target']:.3f} (base "
+                f"{targets['base']:.3f}, teacher {targets['teacher']:.3f}); {best}; budget "
+                f"{budget} steps"
             ),
             "",
             (
@@ -338,6 +368,13 @@ def main() -> None:
         type=int,
         default=None,
         help="plain OPD's checkpoint cadence, for foresight analyze (default: the last step only)",
+    )
+    parser.add_argument(
+        "--extra-fractions",
+        nargs="*",
+        type=float,
+        default=[],
+        help="more targets (fractions of the gap) added to targets.json, marked as added later",
     )
     parser.add_argument("--summarize-only", action="store_true", help="no new runs")
 
