@@ -1,19 +1,20 @@
 """What a run did to its weights, in one paragraph of plain words, from the report's tables alone.
 
 Every number in the paragraph is read from overall.csv, kinds.csv and layers.csv; the only
-constants are the threshold below and how many kinds and layers to name.
+constants are the thresholds below and how many kinds and layers to name.
 
     where the update went    the module kinds and layers with the largest share of ‖ΔW‖_F²
     how concentrated         the share of ‖ΔW‖_F² in the top-k singular directions (mean matrix)
     how early                the first checkpoint whose alignment with the final update (and
                              whose update shares' rank correlation with the final ones) is >= 0.9
     how straight             the median cosine between consecutive update segments and the
-                             sharpest turn; the share of the final update's length along the
-                             first checkpoint's update direction
+                             sharpest turn, against the EffOPD regime map's threshold; the share
+                             of the final update's length along the first checkpoint's direction
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 
@@ -27,6 +28,11 @@ TOP_LAYERS = 2
 # The trajectory's straightness (straightness.py).
 SEGMENT = "dynamics/segment_cosine"
 EARLY = "dynamics/early_direction_share"
+# The EffOPD regime map (docs/effopd.md, benchmarks/effopd_straightness.py): plain OPD runs with a
+# median segment cosine at or above this (checkpoints 10 steps apart) were the low-learning-rate
+# ones, where EffOPD had room; below it, at the tuned learning rates, it never paid.
+STRAIGHT_REGIME = 0.75
+MAP_SPACING = 10  # steps between the map's checkpoints
 
 
 def findings(tables: dict[str, list[Row]]) -> str:
@@ -182,6 +188,7 @@ def _straightness(overall: list[Row]) -> str:
             f"{_degrees(middle)}; 1 would be a straight line) over {len(joints)} checkpoints, the "
             f"sharpest turn at step {sharpest['step']} (cosine {fmt(sharpest[SEGMENT])})."
         )
+        sentences.append(_regime(middle, overall))
     earlier = [row for row in overall[:-1] if row.get(EARLY) is not None]
     if earlier:
         first = earlier[0]
@@ -194,6 +201,30 @@ def _straightness(overall: list[Row]) -> str:
             f"perpendicular to it is {percent(math.sqrt(max(0.0, 1 - share * share)))})."
         )
     return " ".join(sentences)
+
+
+def _regime(middle: float, overall: list[Row]) -> str:
+    """Whether the run is as straight as the map's runs where EffOPD had room, in plain words."""
+    steps = [0, *(int(row["step"]) for row in overall)]  # the base, then each checkpoint
+    spacing = statistics.median(b - a for a, b in itertools.pairwise(steps))
+    if middle >= STRAIGHT_REGIME:
+        verdict = (
+            f"That is as straight as plain OPD was at low learning rates on foresight's EffOPD "
+            f"regime map (median at least {fmt(STRAIGHT_REGIME)}), the only regime where "
+            "extrapolation paid there, and not on every task: EffOPD may save steps on this run."
+        )
+    else:
+        verdict = (
+            f"That is as curved as plain OPD was at tuned learning rates on foresight's EffOPD "
+            f"regime map (median under {fmt(STRAIGHT_REGIME)}), where extrapolation never paid: "
+            "EffOPD is unlikely to save steps on this run."
+        )
+    if spacing != MAP_SPACING:
+        verdict += (
+            f" (The map's checkpoints were {MAP_SPACING} steps apart, this run's {fmt(spacing)}: "
+            "the comparison is rougher.)"
+        )
+    return verdict
 
 
 def _degrees(cosine: float) -> str:
