@@ -304,6 +304,10 @@ def plot(summary: dict, methods: list[str], path: Path, refs=("same_lr", "best_l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # A target no run reached has ratios of 1 by construction: nothing to draw.
+    summary = {k: v for k, v in summary.items() if any(r["reached"] for r in v["rows"])}
+    if not summary:
+        return
     fig, axes = plt.subplots(1, len(summary), figsize=(4.6 * len(summary), 3.4), squeeze=False)
     for axis, (label, part) in zip(axes[0], summary.items()):
         for index, method in enumerate(methods):
