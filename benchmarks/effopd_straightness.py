@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-effopd-straightness"))
     parser.add_argument("--map", nargs="+", action="extend", default=[], help="TASK=MAP_DIR")
     parser.add_argument("--series", nargs="+", action="extend", default=[], help="TASK=DIR")
-    parser.add_argument("--threshold", type=float, default=0.75, help="the line drawn")
+    parser.add_argument("--threshold", type=float, default=0.7, help="the line drawn")
     args = parser.parse_args()
     maps, series = pairs(args.map), pairs(args.series)
     rows = []
