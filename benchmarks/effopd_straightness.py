@@ -141,7 +141,11 @@ def plot(rows: list[dict], args: argparse.Namespace) -> None:
                 axis.annotate(f"{r['lr']:g}", (xi, r[key]), fontsize=6, xytext=(3, 3),
                               textcoords="offset points")  # fmt: skip
     for axis, (label, level) in zip(
-        axes, (("best EffOPD step speedup vs plain OPD, same lr", 1.0), ("final accuracy gain", 0))
+        axes,
+        (
+            ("best EffOPD step speedup\n(vs plain OPD, same lr)", 1.0),
+            ("final accuracy minus\nplain OPD's (same lr)", 0),
+        ),
     ):
         axis.axhline(level, color="k", linewidth=0.6, linestyle=":")
         axis.axvline(args.threshold, color="grey", linewidth=0.6, linestyle="--")
