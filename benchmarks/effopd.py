@@ -106,6 +106,15 @@ def curve(run_dir: Path) -> list[dict[str, float]]:
     return points
 
 
+def accepted_multipliers(run_dir: Path) -> Counter:
+    """How often each multiplier was accepted over a run's searches (0: none accepted)."""
+    return Counter(
+        r["effopd/accepted_multiplier"]
+        for r in read_metrics(run_dir)
+        if "effopd/accepted_multiplier" in r
+    )
+
+
 def first_reaching(points: list[dict[str, float]], target: float) -> dict[str, float] | None:
     return next((p for p in points if p["accuracy"] >= target), None)
 
@@ -219,12 +228,7 @@ def main() -> None:
                     config, args.out / task, method, seed, args.steps, args.every, args.lr
                 )
                 curves[method][seed] = curve(run_dir)
-                counts = accepted.setdefault(method, Counter())
-                counts.update(
-                    r["effopd/accepted_multiplier"]
-                    for r in read_metrics(run_dir)
-                    if "effopd/accepted_multiplier" in r
-                )
+                accepted.setdefault(method, Counter()).update(accepted_multipliers(run_dir))
         base = curves["opd@1x"][args.seeds[0]][0]["accuracy"]  # step-0 eval: greedy, seed-free
         results.append(
             summarize(task, curves, accepted, base, val_accuracy(config, [], "teacher"), args.seeds)

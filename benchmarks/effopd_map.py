@@ -32,7 +32,13 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from effopd import KL, PAPER, curve, val_accuracy  # benchmarks/effopd.py, next to this file
+from effopd import (  # benchmarks/effopd.py, next to this file
+    KL,
+    PAPER,
+    accepted_multipliers,
+    curve,
+    val_accuracy,
+)
 
 from foresight.config import load_config
 from foresight.log import library_verbosity, read_metrics
@@ -135,11 +141,7 @@ def run_one(config: Path, args: argparse.Namespace, method: str, lr: float, seed
     ]
     started = time.time()
     train(load_config(config, overrides), overwrite=True)
-    accepted = Counter(
-        r["effopd/accepted_multiplier"]
-        for r in read_metrics(run_dir)
-        if "effopd/accepted_multiplier" in r
-    )
+    accepted = accepted_multipliers(run_dir)
     result = {
         "method": method,
         "lr": lr,

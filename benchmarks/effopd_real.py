@@ -36,12 +36,12 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from effopd import PAPER, curve  # benchmarks/effopd.py, next to this file
+from effopd import PAPER, accepted_multipliers, curve  # benchmarks/effopd.py, next to this file
 from effopd_map import claim  # benchmarks/effopd_map.py
 
 from foresight.config import Config, load_config
 from foresight.demo_real import told, write_prompts
-from foresight.log import library_verbosity, read_metrics
+from foresight.log import library_verbosity
 from foresight.models import load_model, load_tokenizer
 from foresight.tasks import load_task
 from foresight.train.evaluate import evaluate
@@ -140,11 +140,7 @@ def run_one(args: argparse.Namespace, method: str, seed: int) -> dict:
     checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
     for checkpoint in checkpoints[:-1]:  # disk: analysis needs the weights only
         (checkpoint / "trainer_state.pt").unlink(missing_ok=True)
-    accepted = Counter(
-        r["effopd/accepted_multiplier"]
-        for r in read_metrics(run_dir)
-        if "effopd/accepted_multiplier" in r
-    )
+    accepted = accepted_multipliers(run_dir)
     result = {
         "method": method,
         "lr": lr,
