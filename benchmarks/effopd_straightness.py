@@ -95,7 +95,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-effopd-straightness"))
     parser.add_argument("--map", nargs="+", action="extend", default=[], help="TASK=MAP_DIR")
     parser.add_argument("--series", nargs="+", action="extend", default=[], help="TASK=DIR")
-    parser.add_argument("--threshold", type=float, default=0.7, help="the line drawn")
+    parser.add_argument(
+        "--thresholds", nargs="+", type=float, default=[0.5, 0.7], help="lines drawn"
+    )
     args = parser.parse_args()
     maps, series = pairs(args.map), pairs(args.series)
     rows = []
@@ -148,7 +150,8 @@ def plot(rows: list[dict], args: argparse.Namespace) -> None:
         ),
     ):
         axis.axhline(level, color="k", linewidth=0.6, linestyle=":")
-        axis.axvline(args.threshold, color="grey", linewidth=0.6, linestyle="--")
+        for threshold in args.thresholds:
+            axis.axvline(threshold, color="grey", linewidth=0.6, linestyle="--")
         axis.set(xlabel="plain OPD's median segment cosine", ylabel=label)
     axes[0].legend(fontsize=7, title="labels: lr", title_fontsize=7)
     fig.tight_layout()
