@@ -174,9 +174,13 @@ def analyze(run_dir: Path, out: Path) -> dict:
     }
 
 
-def reach(run: dict, target: float) -> tuple[int, bool]:
+def reach(run: dict, target: float) -> tuple[int, bool, float]:
+    """Steps and wall seconds (steps plus EffOPD's searches) to the target; the budget and the
+    whole run when never reached."""
     hit = next((p for p in run["curve"] if p["accuracy"] >= target), None)
-    return (hit["step"], True) if hit else (run["steps"], False)
+    if hit is None:
+        return run["steps"], False, run["curve"][-1]["wall_s"]
+    return hit["step"], True, hit["wall_s"]
 
 
 def spread(values: list[float], unit: str = "") -> str:
@@ -188,11 +192,14 @@ def spread(values: list[float], unit: str = "") -> str:
 def table(runs: list[dict], targets: dict, args: argparse.Namespace) -> str:
     low = args.lrs[0]
     header = "| method | seeds | " + " | ".join(
-        f"steps to {label} ({t:.2f}) | reached | speedup vs opd@{low:g}"
+        f"steps to {label} ({t:.2f}) | reached | speedup vs opd@{low:g} | wall s to {label}"
         for label, t in targets["targets"].items()
     )
-    header += " | final rate | accepted m | median segment cosine | early direction share |"
-    columns = 4 + 3 * len(targets["targets"])
+    header += (
+        " | final rate | accepted m | median segment cosine | early direction share (first "
+        "checkpoint) |"
+    )
+    columns = 6 + 4 * len(targets["targets"])
     lines = [header, "|" + "---|" * columns]
     by_key = {(r["method"], r["seed"]): r for r in runs}
     for method in methods(args):
@@ -208,9 +215,10 @@ def table(runs: list[dict], targets: dict, args: argparse.Namespace) -> str:
                 if (f"opd@{low:g}", r["seed"]) in by_key
             ]
             cells += [
-                spread([s for s, _ in reached]),
-                f"{sum(ok for _, ok in reached)}/{len(mine)}",
+                spread([s for s, _, _ in reached]),
+                f"{sum(ok for _, ok, _ in reached)}/{len(mine)}",
                 spread(paired, "x"),
+                spread([wall for _, _, wall in reached]),
             ]
         accepted = Counter()
         for r in mine:
