@@ -115,6 +115,19 @@ def accepted_multipliers(run_dir: Path) -> Counter:
     )
 
 
+def run_record(run_dir: Path, method: str, lr: float, seed: int, steps: int) -> dict:
+    """A finished run as the benchmarks keep it: who it is, its curve, its accepted multipliers."""
+    accepted = accepted_multipliers(run_dir)
+    return {
+        "method": method,
+        "lr": lr,
+        "seed": seed,
+        "steps": steps,
+        "curve": curve(run_dir),
+        "accepted": {f"{m:g}": n for m, n in sorted(accepted.items())},
+    }
+
+
 def first_reaching(points: list[dict[str, float]], target: float) -> dict[str, float] | None:
     return next((p for p in points if p["accuracy"] >= target), None)
 

@@ -32,13 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from effopd import (  # benchmarks/effopd.py, next to this file
-    KL,
-    PAPER,
-    accepted_multipliers,
-    curve,
-    val_accuracy,
-)
+from effopd import KL, PAPER, run_record, val_accuracy  # benchmarks/effopd.py, next to this file
 
 from foresight.config import load_config
 from foresight.log import library_verbosity, read_metrics
@@ -141,14 +135,8 @@ def run_one(config: Path, args: argparse.Namespace, method: str, lr: float, seed
     ]
     started = time.time()
     train(load_config(config, overrides), overwrite=True)
-    accepted = accepted_multipliers(run_dir)
     result = {
-        "method": method,
-        "lr": lr,
-        "seed": seed,
-        "steps": args.steps,
-        "curve": curve(run_dir),
-        "accepted": {f"{m:g}": n for m, n in sorted(accepted.items())},
+        **run_record(run_dir, method, lr, seed, args.steps),
         "process_s": time.time() - started,
     }
     result_path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from effopd import PAPER, accepted_multipliers, curve  # benchmarks/effopd.py, next to this file
+from effopd import PAPER, run_record  # benchmarks/effopd.py, next to this file
 from effopd_map import claim  # benchmarks/effopd_map.py
 
 from foresight.config import Config, load_config
@@ -140,14 +140,8 @@ def run_one(args: argparse.Namespace, method: str, seed: int) -> dict:
     checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
     for checkpoint in checkpoints[:-1]:  # disk: analysis needs the weights only
         (checkpoint / "trainer_state.pt").unlink(missing_ok=True)
-    accepted = accepted_multipliers(run_dir)
     result = {
-        "method": method,
-        "lr": lr,
-        "seed": seed,
-        "steps": args.steps,
-        "curve": curve(run_dir),
-        "accepted": {f"{m:g}": n for m, n in sorted(accepted.items())},
+        **run_record(run_dir, method, lr, seed, args.steps),
         "train_s": train_s,
         "straightness": analyze(run_dir, args.out / "analysis" / name),
     }
