@@ -25,12 +25,10 @@ Needs `make models/smollm2-135m-instruct`. Run:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
+import shutil
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,6 +36,7 @@ from pathlib import Path
 import torch
 from effopd import PAPER, run_record  # benchmarks/effopd.py, next to this file
 from effopd_map import claim  # benchmarks/effopd_map.py
+from effopd_straightness import analyzed  # benchmarks/effopd_straightness.py
 
 from foresight.config import Config, load_config
 from foresight.demo_real import told, write_prompts
@@ -140,32 +139,15 @@ def run_one(args: argparse.Namespace, method: str, seed: int) -> dict:
     checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
     for checkpoint in checkpoints[:-1]:  # disk: analysis needs the weights only
         (checkpoint / "trainer_state.pt").unlink(missing_ok=True)
+    shutil.rmtree(args.out / "analysis" / name, ignore_errors=True)  # from an earlier, cut run
     result = {
         **run_record(run_dir, method, lr, seed, args.steps),
         "train_s": train_s,
-        "straightness": analyze(run_dir, args.out / "analysis" / name),
+        "straightness": analyzed(run_dir, args.out / "analysis" / name),
     }
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result))
     return result
-
-
-def analyze(run_dir: Path, out: Path) -> dict:
-    """`foresight analyze` on the run; its straightness columns from overall.csv."""
-    command = [sys.executable, "-m", "foresight", "analyze", str(run_dir), "--out", str(out)]
-    subprocess.run([*command, "--overwrite", "-q"], check=True)
-    with open(out / "overall.csv") as file:
-        rows = list(csv.DictReader(file))
-    cosines = [float(r["dynamics/segment_cosine"]) for r in rows if r["dynamics/segment_cosine"]]
-    shares = [
-        (int(r["step"]), float(r["dynamics/early_direction_share"]))
-        for r in rows
-        if r["dynamics/early_direction_share"]
-    ]
-    return {
-        "median_segment_cosine": statistics.median(cosines) if cosines else None,
-        "early_direction_share": shares,
-    }
 
 
 def reach(run: dict, target: float) -> tuple[int, bool, float]:

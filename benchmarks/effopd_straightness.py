@@ -18,26 +18,30 @@ Run: .venv/bin/python benchmarks/effopd_straightness.py --out runs/bench-effopd-
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+from foresight.dynamics.findings import EARLY, SEGMENT
+from foresight.dynamics.tables import read_csv
 
-def median_segment_cosine(run_dir: Path, out: Path) -> float | None:
-    """`foresight analyze` on a plain OPD run (cached), then its median segment cosine."""
+
+def analyzed(run_dir: Path, out: Path) -> dict:
+    """`foresight analyze` on a run (kept in `out` and reused), and its straightness: the median
+    segment cosine (None without a joint) and the early direction share at each step."""
     if not (out / "overall.csv").is_file():
         command = [sys.executable, "-m", "foresight", "analyze", str(run_dir), "--out", str(out)]
         subprocess.run([*command, "--overwrite", "-q"], check=True, stdout=subprocess.DEVNULL)
-    with open(out / "overall.csv") as file:
-        cosines = [
-            float(row["dynamics/segment_cosine"])
-            for row in csv.DictReader(file)
-            if row["dynamics/segment_cosine"]
-        ]
-    return statistics.median(cosines) if cosines else None
+    overall = read_csv(out / "overall.csv")
+    cosines = [row[SEGMENT] for row in overall if row[SEGMENT] is not None]
+    return {
+        "median_segment_cosine": statistics.median(cosines) if cosines else None,
+        "early_direction_share": [
+            (row["step"], row[EARLY]) for row in overall if row[EARLY] is not None
+        ],
+    }
 
 
 def straightness(series: Path) -> dict[float, list[float]]:
@@ -49,7 +53,9 @@ def straightness(series: Path) -> dict[float, list[float]]:
         checkpoints = list((series / "runs" / name / "checkpoints").glob("step-*"))
         if len(checkpoints) < 3:
             continue  # not a series: the map kept only its last step
-        cosine = median_segment_cosine(series / "runs" / name, series / "analysis" / name)
+        cosine = analyzed(series / "runs" / name, series / "analysis" / name)[
+            "median_segment_cosine"
+        ]
         if cosine is not None:
             by_lr.setdefault(run["lr"], []).append(cosine)
     return by_lr
