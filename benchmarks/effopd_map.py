@@ -52,6 +52,9 @@ VARIANTS = {
         "effopd.every=10",
         "effopd.min_cosine=0.8",
     ],
+    # The direction: W_t minus an exponential average of the weights since the anchor (about the
+    # last 10 steps at beta 0.9) instead of Δ since the anchor, at the same length ‖Δ‖.
+    "effopd-average": [*PAPER, "effopd.direction=average", "effopd.average_beta=0.9"],
 }
 METHODS = {"opd": [], "effopd-paper": PAPER, "effopd-kl": KL, **VARIANTS}
 MAP_METHODS = ["opd", "effopd-paper", "effopd-kl"]  # the regime map's figure

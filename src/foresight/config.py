@@ -404,6 +404,14 @@ class EffOPDConfig(Section):
         description="accuracy: one T=1 sample per prompt, verified (paper); kl: minus the "
         "full-vocabulary reverse KL to the teacher on completions sampled once per search.",
     )
+    direction: Literal["anchor", "average"] = Field(
+        "anchor",
+        description="anchor: candidates along Δ = W_t − anchor (paper); average: along W_t minus an "
+        "exponential average of the weights since the anchor (the recent direction), at ‖Δ‖.",
+    )
+    average_beta: float = Field(
+        0.9, gt=0, lt=1, description="Decay of the 'average' direction's weight average per step."
+    )
     n_prompts: int = Field(
         50, ge=1, description="Validation prompts, fixed for the run (paper: 50)."
     )

@@ -322,6 +322,16 @@ def test_saved_state_round_trips_and_refuses_what_does_not_belong(tmp_path):
     assert all(torch.equal(fresh.previous[n], t) for n, t in effopd.previous.items())
     assert all(torch.equal(fresh.anchor[n], t) for n, t in effopd.anchor.items())
 
+    # So does the 'average' direction's weight average, under its own prefix.
+    averaged = searched_effopd(EFFOPD.model_copy(update={"direction": "average"}))
+    averaged.average = {name: tensor - 1 for name, tensor in averaged.anchor.items()}
+    (tmp_path / "average").mkdir()
+    save_state(tmp_path / "average", 3, averaged, {})
+    fresh_average = searched_effopd(averaged.cfg)
+    load_state(tmp_path / "average", 3, fresh_average)
+    assert all(torch.equal(fresh_average.average[n], t) for n, t in averaged.average.items())
+    assert all(torch.equal(fresh_average.anchor[n], t) for n, t in averaged.anchor.items())
+
     with pytest.raises(UserError, match="does not belong"):
         load_state(tmp_path, 4, fresh)  # another step
     changed = EFFOPD.model_copy(update={"multipliers": [1.0]})

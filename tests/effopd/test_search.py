@@ -200,6 +200,58 @@ def test_straight_schedule_searches_only_when_the_last_two_segments_agree():
         torch.testing.assert_close(param.detach(), before[name] + moved, rtol=0, atol=1e-6)
 
 
+def test_average_direction_extrapolates_along_the_recent_steps_at_the_length_of_delta():
+    model = tiny("qwen3")
+    beta = 0.5
+    cfg = EffOPDConfig(schedule="every", every=3, direction="average", average_beta=beta)
+    cfg = cfg.model_copy(update={"multipliers": [2.0]})
+    effopd = effopd_of(model, scripted_validator([0.5, 0.6]), cfg)  # accepts m = 2
+    names = list(effopd.params)
+    generator = torch.Generator().manual_seed(1)
+    steps = [
+        {n: 1e-3 * torch.randn(p.shape, generator=generator) for n, p in effopd.params.items()}
+        for _ in range(3)
+    ]
+    start = {n: t.double() for n, t in snapshot(effopd.params).items()}
+    stats = walk(effopd, steps, model)
+    assert stats[0] == {} and stats[1] == {}
+    # The float64 brute force: the weights after each step, their average from the anchor W_0
+    # (a_i = beta·a_{i-1} + (1 - beta)·W_i), d = W_3 − a_3, and Δ = W_3 − W_0.
+    weights, average = dict(start), dict(start)
+    for step in steps:
+        weights = {n: weights[n] + step[n].double() for n in names}
+        average = {n: beta * average[n] + (1 - beta) * weights[n] for n in names}
+
+    def flat(tensors):
+        return torch.cat([tensors[n].flatten() for n in names])
+
+    recent = flat(weights) - flat(average)
+    delta = flat(weights) - flat(start)
+    expected = flat(weights) + 2.0 * delta.norm() * recent / recent.norm()
+    got = torch.cat([effopd.params[n].detach().double().flatten() for n in names])
+    # Each float32 weight (|W| ~ 0.02) and average carries about 1e-9 absolute rounding per
+    # operation; against jumps of ~1e-3 per entry, 1e-7 absolute is far above rounding and far
+    # below any error in the direction or its length.
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-7)
+    cos = float(recent @ delta / (recent.norm() * delta.norm()))
+    assert stats[2]["effopd/direction_cosine"] == pytest.approx(cos, abs=1e-5)
+    assert cos < 0.99  # three random steps: the recent direction is not Δ's
+    # The anchor and the average both restart at the kept weights.
+    for name, param in effopd.params.items():
+        assert torch.equal(effopd.anchor[name], param.detach())
+        assert torch.equal(effopd.average[name], param.detach())
+
+
+def test_a_saved_state_of_another_direction_is_refused():
+    model = tiny("qwen3")
+    plain = effopd_of(model, scripted_validator([]))
+    average = effopd_of(model, scripted_validator([]), EffOPDConfig(direction="average"))
+    with pytest.raises(UserError, match="effopd.direction 'average'"):
+        average.load_state_dict(plain.state_dict())
+    with pytest.raises(UserError, match="effopd.direction 'anchor'"):
+        plain.load_state_dict(average.state_dict())
+
+
 def test_non_trigger_steps_do_nothing():
     model, _ = moved_model()
     effopd = effopd_of(model, scripted_validator([]))
@@ -220,6 +272,8 @@ def effopd_rows(run_dir):
         {},
         # Checks every step and always searches after the first (the segment is in the state).
         {"schedule": "straight", "every": 1, "min_cosine": -1.0},
+        # The weight average since the anchor, updated every step, comes from the checkpoint.
+        {"direction": "average", "average_beta": 0.5},
     ],
 )
 def test_anchor_is_checkpointed_and_a_resumed_run_matches_an_uninterrupted_one(
@@ -244,9 +298,14 @@ def test_anchor_is_checkpointed_and_a_resumed_run_matches_an_uninterrupted_one(
     )
     # ‖W_4 − anchor‖ at the step-4 search depends on the anchor restored from the checkpoint.
     assert effopd_rows(tmp_path / "split") == effopd_rows(tmp_path / "full")
-    assert sorted(effopd_rows(tmp_path / "full")) == ([2, 3, 4] if schedule else [1, 2, 4])
-    if schedule:  # the segment the step-4 check compares against came from the checkpoint
-        assert set(state["effopd"]["previous"]) == set(state["effopd"]["anchor"])
+    straight = schedule.get("schedule") == "straight"
+    assert sorted(effopd_rows(tmp_path / "full")) == ([2, 3, 4] if straight else [1, 2, 4])
+    # The step-4 search read the straight segment or the weight average from the checkpoint.
+    kept = {"previous": straight, "average": schedule.get("direction") == "average"}
+    for key, is_kept in kept.items():
+        assert (key in state["effopd"]) == is_kept
+        if is_kept:
+            assert set(state["effopd"][key]) == set(state["effopd"]["anchor"])
     expected = load_file(tmp_path / "full" / "checkpoints" / "step-000004" / "model.safetensors")
     got = load_file(tmp_path / "split" / "checkpoints" / "step-000004" / "model.safetensors")
     assert all(torch.equal(expected[n], got[n]) for n in expected)

@@ -34,7 +34,9 @@ from foresight.errors import UserError
 
 ANCHOR_FILE = "effopd_anchor.safetensors"
 STATE_FILE = "effopd_state.json"
-PREVIOUS = "previous_segment:"  # prefix of the 'straight' schedule's segment in ANCHOR_FILE
+# Prefixes, in ANCHOR_FILE, of the 'straight' schedule's last segment and the 'average' direction's
+# weight average (EffOPD.state_dict's other tensor entries) beside the anchor's own names.
+PREFIXES = {"previous": "previous_segment:", "average": "average:"}
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -49,8 +51,10 @@ def _replace(path: Path, data: bytes) -> None:
 
 def save_state(folder: Path, step: int, effopd: EffOPD, pending: dict[str, float]) -> None:
     """Write EffOPD's state after `step` into the checkpoint `folder` (which must exist)."""
-    previous = effopd.previous or {}  # the 'straight' schedule's last segment, under a prefix
-    anchor = save_tensors(effopd.anchor | {PREVIOUS + n: t for n, t in previous.items()})
+    tensors = dict(effopd.anchor)
+    for key, prefix in PREFIXES.items():
+        tensors |= {prefix + n: t for n, t in (getattr(effopd, key) or {}).items()}
+    anchor = save_tensors(tensors)
     _replace(folder / ANCHOR_FILE, anchor)
     state = {
         "step": step,
@@ -85,15 +89,20 @@ def load_state(folder: Path, step: int, effopd: EffOPD) -> dict[str, float]:
             f"{effopd.cfg.model_dump()}; resume with the same EffOPDConfig."
         )
     tensors = load_tensors(anchor_bytes)
-    anchor = {n: t for n, t in tensors.items() if not n.startswith(PREVIOUS)}
-    previous = {n[len(PREVIOUS) :]: t for n, t in tensors.items() if n.startswith(PREVIOUS)}
-    if anchor.keys() != effopd.params.keys() or previous.keys() - anchor.keys():
+    saved = {
+        key: {n.removeprefix(prefix): t for n, t in tensors.items() if n.startswith(prefix)}
+        for key, prefix in PREFIXES.items()
+    }
+    anchor = {n: t for n, t in tensors.items() if not n.startswith(tuple(PREFIXES.values()))}
+    strays = any(weights.keys() - anchor.keys() for weights in saved.values())
+    if anchor.keys() != effopd.params.keys() or strays:
         raise UserError(
             f"The EffOPD anchor in {folder} holds other tensors than this run extrapolates; "
             "resume with the same model and extrapolated modules."
         )
     history = [_record(r) for r in state["history"]]
-    effopd.load_state_dict({"anchor": anchor, "previous": previous or None, "history": history})
+    others = {key: weights or None for key, weights in saved.items()}
+    effopd.load_state_dict({"anchor": anchor, "history": history, **others})
     return state["pending"]
 
 
