@@ -140,7 +140,7 @@ def warm_up() -> None:
 
 
 def run(root: Path, args: argparse.Namespace) -> dict:
-    from foresight.config import DynamicsConfig
+    from foresight.config_sections import DynamicsConfig
     from foresight.dynamics import analyze
 
     warm_up()

@@ -29,8 +29,8 @@ import torch
 import transformers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from foresight.log import library_verbosity
 from foresight.config import Config
+from foresight.log import library_verbosity
 from foresight.models import DTYPES, MODEL_SIZES, build_char_tokenizer
 from foresight.tasks import TASKS
 from foresight.train.loop import train_step

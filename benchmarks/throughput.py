@@ -47,8 +47,8 @@ from pathlib import Path
 import torch
 
 import foresight.train.loop as train_module
-from foresight.log import library_verbosity
 from foresight.config import load_config
+from foresight.log import library_verbosity
 from foresight.models import count_parameters
 from foresight.train.loop import train_step
 from foresight.train.setup import setup

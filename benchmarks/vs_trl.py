@@ -199,7 +199,7 @@ def ensure_noisy_smollm2() -> None:
 def ensure_small_pair() -> None:
     if (SMALL_DIR / "teacher" / "config.json").is_file():
         return
-    from foresight.config import TaskConfig
+    from foresight.config_sections import TaskConfig
     from foresight.prepare import prepare_task
 
     print(f"building the ~5M pair into {SMALL_DIR} (SFT for 150 steps, prepare's base rule) ...")

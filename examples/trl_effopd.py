@@ -12,7 +12,7 @@ import torch
 import trl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from foresight.config import EffOPDConfig, TaskConfig
+from foresight.config_sections import EffOPDConfig, TaskConfig
 from foresight.effopd.callback import EffOPDCallback
 from foresight.effopd.extrapolate import extrapolated_names
 from foresight.effopd.search import EffOPD

@@ -48,7 +48,8 @@ def test_cross_section_checks_name_the_keys():
 def test_an_unset_loss_kind_is_the_methods_default_and_is_saved():
     """loss.kind left out means the method's default (the first of config.LOSS_KINDS), filled in
     at validation so that the saved config names it."""
-    from foresight.config import LOSS_KINDS, config_to_yaml
+    from foresight.config import config_to_yaml
+    from foresight.config_sections import LOSS_KINDS
 
     for method, default in (("opd", "sampled_rkl"), ("rl", "grpo"), ("sft", "cross_entropy")):
         assert LOSS_KINDS[method][0] == default

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from foresight.cli import main
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.demo_real import (
     BEHAVIOR,
     TEST_PROMPTS,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from builders import run_cli
 
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 from foresight.models import load_model, load_tokenizer
 from foresight.prepare import (

@@ -180,7 +180,7 @@ def test_a_map_as_a_json_object_reads_like_the_list(pair, tmp_path):
 def test_the_probe_scorer_checks_the_scored_model_against_the_teacher(micro_pair, tmp_path):
     """task_scorer (the analysis probes' scorer) compares the model it scores with the teacher,
     not the teacher with itself: a teacher with a larger head is refused with a UserError."""
-    from foresight.config import TaskConfig
+    from foresight.config_sections import TaskConfig
     from foresight.train.evaluate import task_scorer
 
     wide = load_model(micro_pair[1], "teacher")

@@ -18,7 +18,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from foresight.config import DynamicsConfig, TaskConfig, apply_override, describe_error
+from foresight.config import apply_override, describe_error
+from foresight.config_sections import DynamicsConfig, TaskConfig
 from foresight.errors import UserError
 from foresight.log import QuietFlag, VerboseFlag, stage
 

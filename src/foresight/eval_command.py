@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 from foresight.log import QuietFlag, VerboseFlag, say, stage
 

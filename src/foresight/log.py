@@ -40,7 +40,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from foresight.config import LogConfig
+from foresight.config_sections import LogConfig
 from foresight.errors import UserError
 
 logger = logging.getLogger("foresight")

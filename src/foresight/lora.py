@@ -20,7 +20,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.checkpoint import is_lora_checkpoint
-from foresight.config import Config, LoraConfig
+from foresight.config import Config
+from foresight.config_sections import LoraConfig
 from foresight.errors import UserError
 from foresight.models import load_model, load_tokenizer
 

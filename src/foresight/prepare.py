@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from foresight.checkpoint import list_checkpoints
-from foresight.config import Config, TaskConfig
+from foresight.config import Config
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 from foresight.log import progress, read_metrics, say, stage
 from foresight.models import build_char_tokenizer, build_tiny_model, load_model, load_tokenizer

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 
 STEPS = (10, 20, 40)
 # Small probe sweeps: every probe runs, with few scorer calls.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 from foresight.dynamics.collect import collect
 from foresight.dynamics.direction import direction_metrics, top_left_vectors
 from foresight.dynamics.metrics import METRICS

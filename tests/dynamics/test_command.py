@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from foresight.analyze_command import analyze_command
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 
 from .series import DistanceScorer, write_series

@@ -11,7 +11,7 @@ import torch
 from builders import micro_config, save_micro_model
 from transformers import AutoModelForCausalLM
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 from foresight.dynamics.analysis import analyze
 from foresight.dynamics.lora_series import LoraFolder, open_checkpoint
 from foresight.dynamics.reading import ModelFolder

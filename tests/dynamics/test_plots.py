@@ -9,7 +9,7 @@ import shutil
 
 from figure_checks import capture, legend_labels, problems
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 from foresight.dynamics import analyze
 
 from .series import assert_valid_png

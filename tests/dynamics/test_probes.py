@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 from foresight.dynamics.patch import WeightPatch, load_model
 from foresight.dynamics.probes import rank_truncate, rescale_factor, run_probes
 from foresight.dynamics.reading import ModelFolder, describe

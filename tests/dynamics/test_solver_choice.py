@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 from foresight.dynamics.direction import EXACT_MAX_SIDE, alignment, top_left_vectors
 
 K = 20

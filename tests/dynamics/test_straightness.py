@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 from foresight.dynamics import straightness as straightness_module
 from foresight.dynamics.collect import collect
 from foresight.dynamics.findings import findings

@@ -28,7 +28,7 @@ from transformers import (
     TrainerCallback,
 )
 
-from foresight.config import EffOPDConfig
+from foresight.config_sections import EffOPDConfig
 from foresight.effopd.callback import EffOPDCallback, load_state, save_state
 from foresight.effopd.extrapolate import extrapolated_names, snapshot
 from foresight.effopd.search import EffOPD, is_search_step

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from foresight.checkpoint import load_trainer_state
-from foresight.config import EffOPDConfig
+from foresight.config_sections import EffOPDConfig
 from foresight.effopd.extrapolate import extrapolated_names, snapshot
 from foresight.effopd.search import EffOPD, is_search_step, next_search_step
 from foresight.errors import UserError

@@ -14,7 +14,7 @@ import pytest
 from builders import micro_config
 from test_templates import ALPHABET, TEMPLATE, with_template
 
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 from foresight.log import read_metrics
 from foresight.models import load_tokenizer

@@ -31,7 +31,7 @@ import datasets
 from datasets.packaged_modules.json.json import Json
 
 from foresight.cli import main
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 from foresight.tasks import load_task
 

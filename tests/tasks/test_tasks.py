@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 from foresight.tasks import TASKS, load_task
 from foresight.tasks.base import split_of

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from foresight.cli import main
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 from foresight.tasks import load_task
 

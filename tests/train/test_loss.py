@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from foresight.config import FULL_VOCABULARY_KINDS, LOSS_KINDS, LossConfig
+from foresight.config_sections import FULL_VOCABULARY_KINDS, LOSS_KINDS, LossConfig
 from foresight.train.loss import (
     OBJECTIVES,
     Scores,

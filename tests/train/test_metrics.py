@@ -170,6 +170,6 @@ def test_tracker_that_is_not_installed_is_refused_before_loading(micro_pair, tmp
 def test_our_tracker_names_are_accelerates():
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-    from foresight.config import TRACKERS
+    from foresight.config_sections import TRACKERS
 
     assert set(TRACKERS) | {"tensorboard"} == set(LOGGER_TYPE_TO_CLASS)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from foresight.cli import main
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.models import load_tokenizer
 from foresight.tasks import load_task
 from foresight.train.rollout import encode_prompts, prompt_fit

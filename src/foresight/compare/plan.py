@@ -34,7 +34,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from foresight.config import Config, Section, apply_override, describe_error
+from foresight.config import Config, apply_override, describe_error
+from foresight.config_sections import Section
 from foresight.errors import UserError
 
 Method = Literal["opd", "rl", "sft"]

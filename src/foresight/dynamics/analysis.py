@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 from foresight.dynamics.collect import collect
 from foresight.dynamics.lora_series import open_checkpoint
 from foresight.dynamics.patch import Scorer, load_model

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 from foresight.dynamics.direction import direction_metrics, top_left_vectors, trajectory_pca
 from foresight.dynamics.metrics import METRICS
 from foresight.dynamics.reading import ModelFolder, TensorInfo, check_series, describe

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from foresight.config import DynamicsConfig
+from foresight.config_sections import DynamicsConfig
 from foresight.dynamics.patch import Scorer, WeightPatch
 from foresight.dynamics.reading import ModelFolder, TensorInfo
 from foresight.module_names import ATTENTION_KINDS, MLP_KINDS

@@ -28,7 +28,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from foresight.config import EffOPDConfig
+from foresight.config_sections import EffOPDConfig
 from foresight.effopd.search import EffOPD, next_search_step
 from foresight.errors import UserError
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from foresight.config import EffOPDConfig
+from foresight.config_sections import EffOPDConfig
 from foresight.effopd.extrapolate import (
     Weights,
     cosine,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 from foresight.tasks.arith import make_arith
 from foresight.tasks.base import Example, Task

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.errors import UserError
 from foresight.hub import is_hub_id, one_line
 from foresight.tasks.base import SPLITS, Example, Prompt, Task, check_split, split_of, split_rng

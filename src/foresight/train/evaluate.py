@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from foresight.config import TaskConfig
+from foresight.config_sections import TaskConfig
 from foresight.effopd.search import Validator
 from foresight.effopd.validators import kl_validator, reward_validator
 from foresight.log import progress

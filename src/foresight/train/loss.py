@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from foresight.config import LossConfig
+from foresight.config_sections import LossConfig
 
 
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -246,7 +246,7 @@ def _full_vocabulary(kind: str) -> Objective:
     return Objective(True, kind, lambda scores, cfg: scores.divergence)
 
 
-# The one place where a method and a loss kind become a loss (config.LOSS_KINDS lists the pairs).
+# The one place where a method and a loss kind become a loss (config_sections.LOSS_KINDS lists the pairs).
 OBJECTIVES: dict[tuple[str, str], Objective] = {
     ("opd", "sampled_rkl"): Objective(
         True, None, lambda s, cfg: sampled_rkl(s.student_logprobs, s.frozen_logprobs, cfg.clip_eps)

@@ -17,7 +17,8 @@ from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenize
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from foresight.config import Config, OptimConfig
+from foresight.config import Config
+from foresight.config_sections import OptimConfig
 from foresight.errors import UserError
 from foresight.hub import ModelSource, locate_model
 from foresight.lora import trainable_parameters, wrap_student
