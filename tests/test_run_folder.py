@@ -141,6 +141,19 @@ def test_resume_falls_back_past_a_damaged_checkpoint(monkeypatch, capsys, tmp_pa
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
 
 
+def test_quiet_resume_hides_the_resuming_line_but_not_a_skipped_checkpoint(
+    monkeypatch, capsys, tmp_path
+):
+    run = tmp_path / "run"
+    assert train(monkeypatch, capsys, run, "--set", "train.checkpoint_every=1")[0] == 0
+    (run / "checkpoints" / "step-000002" / "trainer_state.pt").unlink()
+    extra = ["--set", "train.checkpoint_every=1", "--set", "train.steps=3", "--resume", "-q"]
+    code, _, err = train(monkeypatch, capsys, run, *extra)
+    assert code == 0, err
+    assert "skipping checkpoint step 2" in err  # a warning: -q keeps it
+    assert "resuming" not in err  # an info line: -q hides it
+
+
 def test_a_moved_run_folder_resumes(monkeypatch, capsys, tmp_path):
     run = tmp_path / "run"
     assert train(monkeypatch, capsys, run, "--set", "train.steps=1")[0] == 0

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from foresight.config import Config, config_to_yaml, load_config
 from foresight.errors import UserError
+from foresight.log import say
 from foresight.run_folder import LOCK_FILE, RUN_MARKER, check_removable, clear, write_marker
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
@@ -226,7 +227,7 @@ def resume_point(
     for step, checkpoint in reversed(list_checkpoints(run_dir)):
         reason = damage(checkpoint)
         if reason is None:
-            print(f"resuming {run_dir} from step {step}", file=sys.stderr)
+            say(f"resuming {run_dir} from step {step}")  # an info line: -q hides it
             return step, checkpoint
         print(f"skipping checkpoint step {step} of {run_dir}: {reason}", file=sys.stderr)
     return 0, None
