@@ -120,7 +120,10 @@ def demo(
 @app.command()
 def prepare(
     task: Annotated[
-        str, typer.Option(help="Embedded task name, 'all', or a JSONL/Parquet file.")
+        str,
+        typer.Option(
+            help="Embedded task name, 'all', a JSONL/Parquet file or a Hub dataset id (org/name)."
+        ),
     ] = "all",
     out: Annotated[Path, typer.Option(help="Folder for <task>/{base,teacher}.")] = Path("models"),
     verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",

@@ -39,7 +39,8 @@ def eval_command(
     task: Annotated[
         str | None,
         typer.Option(
-            help="Embedded task name or a JSONL/Parquet file; default: the config's, else arith."
+            help="Embedded task name, a JSONL/Parquet file or a Hub dataset id (org/name); "
+            "default: the config's, else arith."
         ),
     ] = None,
     verifier: Annotated[str, typer.Option(help="Verifier of a JSONL task.")] = "exact",
@@ -198,7 +199,10 @@ def eval_settings(
 
 
 def task_config(task: str, verifier: str) -> TaskConfig:
-    """An embedded task's name, or a user's JSONL/Parquet file read with `verifier`."""
-    if task.endswith(USER_FILE_SUFFIXES):
-        return TaskConfig(name="jsonl", path=Path(task), verifier=verifier)
+    """An embedded task's name, or a user's JSONL/Parquet file or Hub dataset id (`org/name`, its
+    train split) read with `verifier`."""
+    from foresight.tasks.userdata import is_hub_dataset  # the [train] extra's modules, on use
+
+    if task.endswith(USER_FILE_SUFFIXES) or ("/" in task and is_hub_dataset(task)):
+        return TaskConfig(name="jsonl", path=task, verifier=verifier)
     return TaskConfig(name=task)

@@ -1,5 +1,6 @@
 """task.path as a Hugging Face Hub dataset id, offline: a dataset in the datasets cache loads through
-`datasets.load_dataset(id, split=task.split)`, and one that is not cached is one sentence (exit 2).
+`datasets.load_dataset(id, split=task.split)`, and as `foresight eval --task org/name`; one that is not
+cached is one sentence (exit 2).
 
 `datasets` reads HF_HUB_OFFLINE and HF_DATASETS_CACHE into `datasets.config` at import, so the
 checks run in a subprocess with those variables set, as a user sets them. There, the cache entry of
@@ -24,7 +25,7 @@ from builders import micro_config
 from foresight.config import config_to_yaml
 
 SCRIPT = r"""
-import json, sys
+import contextlib, io, json, sys
 from pathlib import Path
 
 import datasets
@@ -50,6 +51,20 @@ try:
     load_task(TaskConfig(name="jsonl", path="org/chat", split="validation"))
 except UserError as err:
     found["unknown_split"] = str(err)
+# `foresight eval MODEL --task org/plain`: a Hub id as the task, all rows of its train split
+# (plain prompts: the micro student has no chat template).
+plain = cached.parent.parent.parent.parent / "org___plain" / "default" / "0.0.0" / ("4" * 40)
+files = {"train": sys.argv[7]}
+builder = Json(dataset_name="plain", config_name="default", data_files=files, cache_dir=sys.argv[3])
+builder.download_and_prepare(output_dir=str(plain))
+sys.argv = ["foresight", "eval", sys.argv[6], "--task", "org/plain", "--json"]
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    try:
+        main()
+    except SystemExit as exit_:
+        found["eval_exit"] = exit_.code
+found["eval"] = json.loads(printed.getvalue())
 sys.argv = ["foresight", "train", absent_config]
 try:
     main()
@@ -89,7 +104,10 @@ def test_hub_dataset_loads_from_the_datasets_cache_offline(micro_pair, tmp_path)
         "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
         "OMP_NUM_THREADS": "1",
     }
-    args = [rows, tmp_path / "absent.yaml", tmp_path / "scratch", val, test]
+    splits = ("train", "val", "test")  # given per row: 9 rows are too few for the hash split
+    plain_rows = [{"prompt": f"{i}+1=", "answer": i + 1, "split": splits[i % 3]} for i in range(9)]
+    plain = write_lines(tmp_path / "plain.jsonl", plain_rows)
+    args = [rows, tmp_path / "absent.yaml", tmp_path / "scratch", val, test, micro_pair[0], plain]
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, *map(str, args)],
         cwd=tmp_path,  # holds no folder named org/
@@ -107,6 +125,7 @@ def test_hub_dataset_loads_from_the_datasets_cache_offline(micro_pair, tmp_path)
     assert [row[:3] for row in found["test"][:3]] == [
         [[["user", f"{i}+1="]], str(i + 1), ""] for i in range(100, 103)
     ]
+    assert found.get("eval_exit", 0) == 0 and found["eval"]["eval/prompts"] == 9  # every row
     unknown_split = found["unknown_split"]
     assert "datasets could not read split 'validation' of task.path 'org/chat'" in unknown_split
     assert found["absent_exit"] == 2
