@@ -55,6 +55,8 @@ VARIANTS = {
     # The direction: W_t minus an exponential average of the weights since the anchor (about the
     # last 10 steps at beta 0.9) instead of Δ since the anchor, at the same length ‖Δ‖.
     "effopd-average": [*PAPER, "effopd.direction=average", "effopd.average_beta=0.9"],
+    # The acceptance: strictly better (the official code's >), so a tie accepts nothing.
+    "effopd-gt": [*PAPER, "effopd.accept=gt"],
 }
 METHODS = {"opd": [], "effopd-paper": PAPER, "effopd-kl": KL, **VARIANTS}
 MAP_METHODS = ["opd", "effopd-paper", "effopd-kl"]  # the regime map's figure
