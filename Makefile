@@ -50,7 +50,9 @@ test: $(VENV)/.installed-test chromium check-analysis-install
 	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q  # tests never reach the Hub; those about it set their own cache
 
-# Rebuild the committed embedded base/teacher models from scratch (slow: tens of minutes).
+# Rebuild the embedded base/teacher models from scratch (slow: tens of minutes). The committed ones
+# came from an earlier prepare (base at a fixed step 150, see models/*/prepare.json); this one picks
+# the base by --base-accuracy, so a rebuild is a new pair, not the committed bits.
 models: $(VENV)/.installed-train
 	$(VENV)/bin/foresight prepare --out models --overwrite
 
