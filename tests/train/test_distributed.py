@@ -7,8 +7,9 @@ What the tests prove:
     rank-0 checkpoint (full weights, optimizer state in single-process keys, EffOPD anchor,
     re-sharded on the way) is exact. See its docstring for the tolerances.
   - test_opd_smoke_and_analysis: on-policy OPD (each rank samples its own prompts) with a top-k
-    divergence, EffOPD on the KL signal and evaluation with teacher KL runs 2 steps under torchrun,
-    and `foresight analyze` reads its checkpoints. (Per-rank sampling differs from one process's, so
+    divergence, EffOPD on the KL signal along the 'average' direction, evaluation with teacher KL
+    and a wandb tracker (offline) runs 2 steps under torchrun, and `foresight analyze` reads its
+    checkpoints. (Per-rank sampling differs from one process's, so
     this run is checked for running through, not against a single process.)
 
 Run: .venv/bin/python -m pytest tests/train/test_distributed.py -q
@@ -251,14 +252,37 @@ def test_opd_smoke_and_analysis(micro_pair, tmp_path, monkeypatch, capsys):
         tmp_path / "run",
         loss={"kind": "reverse_kl", "teacher_topk": 4},
         train={"steps": 2, "checkpoint_every": 1},
-        effopd={"enabled": True, "n_prompts": 4, "signal": "kl", "multipliers": [1.0, 2.0]},
+        effopd={
+            "enabled": True,
+            "n_prompts": 4,
+            "signal": "kl",
+            "multipliers": [1.0, 2.0],
+            "direction": "average",  # a weight average on the shards, gathered into checkpoints
+        },
         eval={"every": 2, "teacher_kl": True},
+        log={"report_to": ["wandb"]},
     )
+    for name, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": tmp_path,
+        "WANDB_SILENT": "true",
+    }.items():
+        monkeypatch.setenv(name, str(value))  # inherited by torchrun and its ranks
     train(write(cfg, tmp_path / "cfg.yaml"), 2)
     metrics = read_metrics(cfg.train.out_dir)
     assert [r["step"] for r in metrics] == [0, 1, 2]
     assert all("effopd/accepted_multiplier" in r and r["kl/mean"] > 0 for r in metrics[1:])
+    assert all("effopd/direction_cosine" in r for r in metrics[1:])
     assert "eval/kl_reverse" in metrics[2]
+    weights, state = checkpoint(cfg.train.out_dir, 2)
+    average = state["effopd"]["average"]  # whole tensors, not one rank's shards
+    assert sorted(average) == sorted(state["effopd"]["anchor"])
+    assert all(average[name].shape == weights[name].shape for name in average)
+    # The tracker runs on rank 0 only: one offline wandb run, holding the metrics' keys (its
+    # .wandb file stores strings as plain UTF-8).
+    (wandb_run,) = (tmp_path / "wandb").glob("offline-run-*")
+    log_bytes = next(wandb_run.glob("run-*.wandb")).read_bytes()
+    assert all(key.encode() in log_bytes for key in metrics[2] if key != "step")
     out = tmp_path / "report"
     monkeypatch.setattr(
         sys, "argv", ["foresight", "analyze", str(cfg.train.out_dir), "--out", str(out)]
