@@ -279,7 +279,10 @@ def start_trackers(cfg: LogConfig, run_dir: Path, run_config: dict[str, Any]) ->
         if tracker_class.requires_logging_directory:
             args.append(str(Path(run_dir) / name))
         keyword = RUN_NAME_KEYWORD.get(name)
-        tracker = tracker_class(*args, **({keyword: Path(run_dir).name} if keyword else {}))
+        kwargs = {keyword: Path(run_dir).name} if keyword else {}
+        if name == "wandb" and quiet():  # -q: no banner and no summary from wandb either
+            kwargs["settings"] = {"silent": True}
+        tracker = tracker_class(*args, **kwargs)
         tracker.main_process_only = False
         try:
             tracker.start()

@@ -7,13 +7,16 @@ Run: .venv/bin/python -m pytest tests/train/test_metrics.py -q
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from builders import micro_config
 
-from foresight.config import load_config
+from foresight.config import config_to_yaml, load_config
 from foresight.errors import UserError
 from foresight.log import read_metrics
 from foresight.models import load_model, load_tokenizer
@@ -131,6 +134,32 @@ def test_wandb_offline_run_holds_our_metric_keys(micro_pair, tmp_path, monkeypat
     # The .wandb file is a log of protobuf records, whose strings are stored as plain UTF-8.
     assert [key for key in sorted(keys) if key.encode() not in log_bytes] == []
     assert b"optim.lr" in log_bytes and b"run" in log_bytes  # the config, and the run's name
+
+
+def test_quiet_silences_wandb_too(micro_pair, tmp_path):
+    """-q leaves stderr to errors: wandb's banner and run summary go too (wandb's own `silent`
+    setting); without -q they print. In subprocesses: wandb writes to the process's terminal."""
+    cfg = micro_config(*micro_pair, tmp_path / "run", log={"report_to": ["wandb"]})
+    config = tmp_path / "cfg.yaml"
+    config.write_text(config_to_yaml(cfg))
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("WANDB_SILENT", None)
+    stderr = {}
+    for flags in (["-q"], []):
+        command = [sys.executable, "-m", "foresight", "train", str(config), "--overwrite", *flags]
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        stderr[bool(flags)] = done.stderr
+    assert "wandb:" not in stderr[True]
+    assert "wandb: Run data is saved locally" in stderr[False]
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2  # both runs logged
 
 
 @pytest.mark.parametrize(
