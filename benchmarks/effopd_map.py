@@ -55,6 +55,13 @@ VARIANTS = {
     # The direction: W_t minus an exponential average of the weights since the anchor (about the
     # last 10 steps at beta 0.9) instead of Δ since the anchor, at the same length ‖Δ‖.
     "effopd-average": [*PAPER, "effopd.direction=average", "effopd.average_beta=0.9"],
+    # The same gate at 0.7, the straight band of the map's straightness table (chosen after it).
+    "effopd-straight-0.7": [
+        *PAPER,
+        "effopd.schedule=straight",
+        "effopd.every=10",
+        "effopd.min_cosine=0.7",
+    ],
     # The acceptance: strictly better (the official code's >), so a tie accepts nothing.
     "effopd-gt": [*PAPER, "effopd.accept=gt"],
 }
