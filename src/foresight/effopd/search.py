@@ -87,6 +87,7 @@ class EffOPD:
     def on_step_end(self, step: int, model: torch.nn.Module) -> dict[str, float]:
         """Search if `step` is a trigger step; return the metrics to log (empty otherwise).
 
+        Every step, the 'average' direction's average moves toward W_t by 1 − average_beta.
         With schedule 'straight' the anchor moves to W_t at every check, so Δ is the last segment
         of `every` steps, and the search runs only when cos(Δ, previous Δ) >= min_cosine."""
         if self.average is not None:
