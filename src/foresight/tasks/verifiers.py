@@ -11,7 +11,8 @@ The first three are pass/fail (True = reward 1). A python function may return an
 RL (GRPO) uses it as the completion's reward, evaluation reports its mean as `eval/accuracy` (the
 accuracy when it is 0/1), EffOPD's accuracy signal is that mean too, and SFT on verified teacher
 samples keeps those with a reward above 0. It gets the row's answer string (the same signature for
-every verifier); a None, a string or a non-finite value is a UserError naming the function.
+every verifier; a function that needs more, such as unit tests, reads them from `answer` written as
+JSON text); a None, a string or a non-finite value is a UserError naming the function.
 
 The final answer text is what follows the last '#' when the completion has one (the embedded
 tasks' convention), else its last non-empty line; stripped either way.
