@@ -62,6 +62,13 @@ VARIANTS = {
         "effopd.every=10",
         "effopd.min_cosine=0.7",
     ],
+    # A combination: our KL signal, searched only where the trajectory is straight (gate 0.7).
+    "effopd-kl-straight-0.7": [
+        *KL,
+        "effopd.schedule=straight",
+        "effopd.every=10",
+        "effopd.min_cosine=0.7",
+    ],
     # The acceptance: strictly better (the official code's >), so a tie accepts nothing.
     "effopd-gt": [*PAPER, "effopd.accept=gt"],
 }
