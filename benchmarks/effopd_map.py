@@ -406,12 +406,16 @@ def main() -> None:
         ("effopd-kl", lr, s) for s in args.seeds for lr in args.lrs if "effopd-kl" in args.methods
     ]
     wanted.sort(key=lambda k: (k[0] == "effopd-kl", k[2], k[1], k[0]))
+    # Plain OPD is every ratio's reference: its finished runs are read even when --methods
+    # leaves it out, and then never run.
+    reference = [("opd", lr, s) for s in args.seeds for lr in args.lrs if "opd" not in args.methods]
     runs = []
-    for method, lr, seed in wanted:
+    for method, lr, seed in wanted + reference:
         name = f"{method}-lr{lr:g}-seed{seed}"
         done = (args.out / "results" / f"{name}.json").exists()
-        if not done and (args.summarize_only or not claim(args.out / "claims" / name)):
-            continue  # another process of this benchmark runs it
+        not_ours = args.summarize_only or method not in args.methods
+        if not done and (not_ours or not claim(args.out / "claims" / name)):
+            continue  # not asked for, or another process of this benchmark runs it
         runs.append(run_one(config, args, method, lr, seed))
         last = runs[-1]
         print(
