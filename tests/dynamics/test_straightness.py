@@ -243,7 +243,7 @@ def test_the_summary_sentence_is_built_from_the_numbers():
     # 0.9 >= the map's 0.7, at its spacing (10 steps): the straight regime's verdict; then the
     # band between 0.5 and 0.7, and the curved one under 0.5.
     assert "as straight as plain OPD was at low learning rates" in text
-    assert "it raised accuracy at the same learning rate" in text and "rougher" not in text
+    assert "raised final accuracy at the same learning rate" in text and "rougher" not in text
     between = findings({**tables, "overall": _overall([0.5, 0.65, 0.74, None], [0.6, 0.8, 0.9, 1])})
     assert (
         "between the straight and the curved runs" in between and "(median 0.5 to 0.7)" in between

@@ -212,9 +212,9 @@ def _regime(middle: float, overall: list[Row]) -> str:
     if middle >= STRAIGHT_REGIME:
         verdict = (
             f"That is as straight as plain OPD was at low learning rates on foresight's EffOPD "
-            f"regime map (median at least {fmt(STRAIGHT_REGIME)}), the only regime where "
-            "extrapolation paid there: it raised accuracy at the same learning rate, though a "
-            "higher learning rate raised it more."
+            f"regime map (median at least {fmt(STRAIGHT_REGIME)}), where some extrapolation rule "
+            "raised final accuracy at the same learning rate in every case, though a higher "
+            "learning rate raised it more."
         )
     elif middle >= CURVED_REGIME:
         verdict = (
@@ -226,8 +226,8 @@ def _regime(middle: float, overall: list[Row]) -> str:
     else:
         verdict = (
             f"That is as curved as plain OPD was at tuned learning rates on foresight's EffOPD "
-            f"regime map (median under {fmt(CURVED_REGIME)}), where extrapolation never paid: "
-            "EffOPD is unlikely to save steps on this run."
+            f"regime map (median under {fmt(CURVED_REGIME)}), where no extrapolation rule reached "
+            "a target in fewer steps than plain OPD: EffOPD is unlikely to save steps on this run."
         )
     if spacing != MAP_SPACING:
         verdict += (
