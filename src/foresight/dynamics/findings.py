@@ -227,7 +227,8 @@ def _regime(middle: float, overall: list[Row]) -> str:
         verdict = (
             f"That is as curved as plain OPD was at tuned learning rates on foresight's EffOPD "
             f"regime map (median under {fmt(CURVED_REGIME)}), where no extrapolation rule reached "
-            "a target in fewer steps than plain OPD: EffOPD is unlikely to save steps on this run."
+            "a target in fewer steps than plain OPD (median over seeds): EffOPD is unlikely to "
+            "save steps on this run."
         )
     if spacing != MAP_SPACING:
         verdict += (
